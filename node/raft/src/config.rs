@@ -1,0 +1,69 @@
+//! Tunables of the core, with etcd's defaults, and their validation.
+
+use crate::error::Error;
+use crate::types::NodeId;
+
+/// Configuration of one [`crate::RawNode`].
+///
+/// Time is counted in ticks; the caller decides how long a tick is (kvnode: 100 ms, so the
+/// defaults are etcd's heartbeat of 100 ms and election timeout of 1 s).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id; never [`crate::NO_NODE`].
+    pub id: NodeId,
+    /// Ticks between heartbeats from the leader.
+    pub heartbeat_tick: u64,
+    /// The minimum election timeout `T` in ticks; each timeout is drawn from `[T, 2T)`.
+    pub election_tick: u64,
+    /// Pre-vote (thesis §9.6): a node first checks that it could win before it bumps its term.
+    pub pre_vote: bool,
+    /// Check-quorum (thesis §6.2): a leader that has not heard from a quorum within an election
+    /// timeout steps down, and a follower that has heard from a leader within the minimum election
+    /// timeout rejects (pre-)votes.
+    pub check_quorum: bool,
+    /// The most AppendEntries messages in flight to one follower.
+    pub max_inflight_msgs: usize,
+    /// The most bytes of entries in one AppendEntries message. A single larger entry is still sent,
+    /// alone, so the largest allowed entry always fits.
+    pub max_size_per_msg: u64,
+    /// Seed for the election-timeout randomisation. The core uses no other randomness.
+    pub seed: u64,
+}
+
+impl Config {
+    /// The defaults for node `id`: heartbeat 1 tick, election timeout 10 ticks, pre-vote and
+    /// check-quorum on, 256 messages in flight of at most 1 MiB of entries each.
+    pub fn new(id: NodeId) -> Self {
+        Self {
+            id,
+            heartbeat_tick: 1,
+            election_tick: 10,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight_msgs: 256,
+            max_size_per_msg: 1 << 20,
+            seed: id,
+        }
+    }
+
+    /// Checks the invariants the core relies on.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |why: &str| Err(Error::InvalidConfig(why.to_string()));
+        if self.id == crate::NO_NODE {
+            return bad("id must not be 0");
+        }
+        if self.heartbeat_tick == 0 {
+            return bad("heartbeat_tick must be at least 1");
+        }
+        if self.election_tick <= self.heartbeat_tick {
+            return bad("election_tick must be greater than heartbeat_tick");
+        }
+        if self.max_inflight_msgs == 0 {
+            return bad("max_inflight_msgs must be at least 1");
+        }
+        if self.max_size_per_msg == 0 {
+            return bad("max_size_per_msg must be at least 1");
+        }
+        Ok(())
+    }
+}
