@@ -28,6 +28,9 @@ pub struct Config {
     pub max_size_per_msg: u64,
     /// Seed for the election-timeout randomisation. The core uses no other randomness.
     pub seed: u64,
+    /// A deliberate safety bug to switch on, for proving that the tests catch it.
+    #[cfg(feature = "planted-bugs")]
+    pub bug: Option<crate::planted::Bug>,
 }
 
 impl Config {
@@ -43,6 +46,8 @@ impl Config {
             max_inflight_msgs: 256,
             max_size_per_msg: 1 << 20,
             seed: id,
+            #[cfg(feature = "planted-bugs")]
+            bug: None,
         }
     }
 

@@ -30,8 +30,16 @@
 
 mod config;
 mod error;
+mod log;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
+mod progress;
+mod raft;
+mod rng;
 pub mod types;
 
 pub use config::Config;
 pub use error::Error;
+pub use progress::ProgressState;
+pub use raft::{InitialState, PeerProgress, RawNode, Status};
 pub use types::*;

@@ -1,0 +1,348 @@
+//! The log above the last snapshot, with the commit, persist and apply points, and the history of
+//! configurations (a configuration takes effect when its entry is appended, so truncating the log
+//! must also roll the configuration back).
+//!
+//! The whole log since the last snapshot stays in memory, as in etcd's `MemoryStorage`: the driver
+//! compacts after each snapshot, which bounds it. That keeps every read of the core synchronous and
+//! free of I/O.
+
+use std::collections::VecDeque;
+
+use crate::error::Error;
+use crate::types::{ConfState, Entry, EntryPayload, Index, SnapshotMeta, Term};
+
+#[derive(Debug)]
+pub(crate) struct RaftLog {
+    /// The last compacted (or installed) snapshot: the log starts right after `snapshot.index`.
+    snapshot: SnapshotMeta,
+    /// Entries `snapshot.index + 1 ..= last_index()`.
+    entries: VecDeque<Entry>,
+    /// Highest index known to be committed.
+    pub committed: Index,
+    /// Highest index the caller has applied (or will have applied once it finishes the current
+    /// `Ready`).
+    pub applied: Index,
+    /// Highest index durable on this node's own storage.
+    pub persisted: Index,
+    /// A snapshot received from a leader, not yet handed out in a `Ready`.
+    pub pending_snapshot: Option<SnapshotMeta>,
+    /// Whether `pending_snapshot` has been handed out and awaits `advance`.
+    snapshot_in_flight: bool,
+    /// Configurations in log order: the first is the snapshot's, each later one belongs to a
+    /// configuration entry still in the log. The last one is in force.
+    confs: Vec<(Index, ConfState)>,
+}
+
+impl RaftLog {
+    /// Rebuilds the log from what storage recovered.
+    pub(crate) fn recover(
+        snapshot: Option<SnapshotMeta>,
+        entries: Vec<Entry>,
+        commit: Index,
+        applied: Index,
+    ) -> Result<Self, Error> {
+        let snapshot = snapshot.unwrap_or_default();
+        let mut log = Self {
+            confs: vec![(snapshot.index, snapshot.conf.clone())],
+            entries: VecDeque::with_capacity(entries.len()),
+            committed: snapshot.index,
+            applied: snapshot.index,
+            persisted: snapshot.index,
+            pending_snapshot: None,
+            snapshot_in_flight: false,
+            snapshot,
+        };
+        for entry in entries {
+            if entry.index != log.last_index() + 1 {
+                return Err(Error::InvalidState(format!(
+                    "entry {} does not follow index {}",
+                    entry.index,
+                    log.last_index()
+                )));
+            }
+            if entry.term < log.last_term() {
+                return Err(Error::InvalidState(format!(
+                    "entry {} has term {} below its predecessor's {}",
+                    entry.index,
+                    entry.term,
+                    log.last_term()
+                )));
+            }
+            log.push(entry);
+        }
+        log.persisted = log.last_index();
+        // A persisted commit index beyond the log cannot be trusted; the leader will tell us again.
+        log.committed = commit.clamp(log.snapshot.index, log.last_index());
+        log.applied = applied.clamp(log.snapshot.index, log.committed);
+        Ok(log)
+    }
+
+    fn push(&mut self, entry: Entry) {
+        if let EntryPayload::Config { conf, .. } = &entry.payload {
+            self.confs.push((entry.index, conf.clone()));
+        }
+        self.entries.push_back(entry);
+    }
+
+    pub(crate) fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    pub(crate) fn first_index(&self) -> Index {
+        self.snapshot.index + 1
+    }
+
+    pub(crate) fn last_index(&self) -> Index {
+        self.snapshot.index + self.entries.len() as u64
+    }
+
+    pub(crate) fn last_term(&self) -> Term {
+        self.entries.back().map_or(self.snapshot.term, |e| e.term)
+    }
+
+    /// The term of the entry at `index`; `None` if compacted or beyond the log.
+    pub(crate) fn term(&self, index: Index) -> Option<Term> {
+        if index == self.snapshot.index {
+            return Some(self.snapshot.term);
+        }
+        if index < self.snapshot.index || index > self.last_index() {
+            return None;
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    fn entry(&self, index: Index) -> Option<&Entry> {
+        let offset = index.checked_sub(self.first_index())?;
+        self.entries.get(usize::try_from(offset).ok()?)
+    }
+
+    pub(crate) fn match_term(&self, index: Index, term: Term) -> bool {
+        self.term(index) == Some(term)
+    }
+
+    /// §5.4.1: a candidate's log is at least as up-to-date as ours.
+    pub(crate) fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        (last_term, last_index) >= (self.last_term(), self.last_index())
+    }
+
+    /// The configuration in force.
+    pub(crate) fn conf(&self) -> &ConfState {
+        // `confs` always holds at least the snapshot's configuration.
+        &self.confs[self.confs.len() - 1].1
+    }
+
+    /// The index of the latest configuration entry (or of the snapshot holding it).
+    pub(crate) fn conf_index(&self) -> Index {
+        self.confs[self.confs.len() - 1].0
+    }
+
+    /// The configuration in force at `index`, which must not be below the snapshot.
+    pub(crate) fn conf_at(&self, index: Index) -> ConfState {
+        self.confs
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or_else(|| self.snapshot.conf.clone(), |(_, c)| c.clone())
+    }
+
+    /// Leader side: appends new entries of its own.
+    pub(crate) fn append(&mut self, entries: impl IntoIterator<Item = Entry>) {
+        for e in entries {
+            debug_assert_eq!(e.index, self.last_index() + 1);
+            self.push(e);
+        }
+    }
+
+    /// Removes every entry at or after `index`, rolling back configurations that came with them.
+    fn truncate_from(&mut self, index: Index) {
+        let keep = index.saturating_sub(self.first_index());
+        self.entries
+            .truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+        while self.confs.len() > 1 && self.confs[self.confs.len() - 1].0 >= index {
+            self.confs.pop();
+        }
+        self.persisted = self.persisted.min(index.saturating_sub(1));
+    }
+
+    /// The first entry of `entries` whose term differs from ours at its index (a conflict, or an
+    /// entry we do not have yet); `None` if we already hold all of them.
+    pub(crate) fn find_conflict(&self, entries: &[Entry]) -> Option<usize> {
+        entries
+            .iter()
+            .position(|e| !self.match_term(e.index, e.term))
+    }
+
+    /// Follower side: stores `entries[from..]`, replacing a conflicting suffix. Returns false (and
+    /// changes nothing) if that would remove a committed entry, which a correct leader never asks.
+    pub(crate) fn store_from(&mut self, entries: &[Entry], from: usize) -> bool {
+        let Some(first) = entries.get(from) else {
+            return true;
+        };
+        if first.index <= self.committed || first.index < self.first_index() {
+            return false;
+        }
+        if first.index <= self.last_index() {
+            self.truncate_from(first.index);
+        }
+        if first.index != self.last_index() + 1 {
+            return false;
+        }
+        for e in &entries[from..] {
+            self.push(e.clone());
+        }
+        true
+    }
+
+    /// Fast back-off (etcd's `findConflictByTerm`): the largest index `<= index` whose term is at
+    /// most `term`, with that term. Everything above it cannot match a log whose entry at `index`
+    /// has `term`.
+    pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> (Index, Term) {
+        let mut i = index.min(self.last_index());
+        loop {
+            match self.term(i) {
+                Some(t) if t > term => i -= 1,
+                Some(t) => return (i, t),
+                // Compacted: everything at or below the snapshot is committed and matches.
+                None => return (i, 0),
+            }
+        }
+    }
+
+    pub(crate) fn commit_to(&mut self, index: Index) -> bool {
+        let index = index.min(self.last_index());
+        if index > self.committed {
+            self.committed = index;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Up to `max_bytes` of entries from `from` on (at least one if any).
+    pub(crate) fn entries_from(&self, from: Index, max_bytes: u64) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut size = 0;
+        let mut index = from;
+        while let Some(e) = self.entry(index) {
+            size += e.size_hint();
+            if !out.is_empty() && size > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+            index += 1;
+        }
+        out
+    }
+
+    /// Entries not yet handed to the caller for persistence.
+    pub(crate) fn unstable_entries(&self) -> Vec<Entry> {
+        self.entries_from(self.persisted + 1, u64::MAX)
+    }
+
+    pub(crate) fn has_unstable(&self) -> bool {
+        self.last_index() > self.persisted
+    }
+
+    /// Committed entries not yet handed out for applying.
+    pub(crate) fn next_committed(&self) -> Vec<Entry> {
+        if self.snapshot_in_flight || self.pending_snapshot.is_some() {
+            return Vec::new();
+        }
+        let from = self.applied.max(self.snapshot.index) + 1;
+        let to = self.committed.min(self.last_index());
+        if from > to {
+            return Vec::new();
+        }
+        self.entries_from(from, u64::MAX)
+            .into_iter()
+            .take_while(|e| e.index <= to)
+            .collect()
+    }
+
+    pub(crate) fn has_next_committed(&self) -> bool {
+        !self.snapshot_in_flight
+            && self.pending_snapshot.is_none()
+            && self.committed.min(self.last_index()) > self.applied.max(self.snapshot.index)
+    }
+
+    /// Takes a snapshot from the leader; the log restarts after it.
+    pub(crate) fn restore(&mut self, meta: SnapshotMeta) {
+        self.entries.clear();
+        self.confs = vec![(meta.index, meta.conf.clone())];
+        self.committed = meta.index;
+        self.persisted = self.persisted.min(meta.index);
+        self.snapshot = meta.clone();
+        self.pending_snapshot = Some(meta);
+    }
+
+    /// Hands out the pending snapshot for persisting.
+    pub(crate) fn take_pending_snapshot(&mut self) -> Option<SnapshotMeta> {
+        let snap = self.pending_snapshot.take();
+        if snap.is_some() {
+            self.snapshot_in_flight = true;
+        }
+        snap
+    }
+
+    /// The caller finished a `Ready`: its snapshot and entries are durable, its committed entries
+    /// applied.
+    pub(crate) fn advance(
+        &mut self,
+        snapshot: Option<&SnapshotMeta>,
+        last_stored: Option<(Index, Term)>,
+        last_applied: Option<Index>,
+    ) {
+        if let Some(meta) = snapshot {
+            self.snapshot_in_flight = false;
+            if meta.index == self.snapshot.index {
+                self.persisted = self.persisted.max(meta.index);
+                self.applied = self.applied.max(meta.index);
+            }
+        }
+        // Entries handed out may have been replaced meanwhile; only what still matches is durable.
+        if let Some((index, term)) = last_stored
+            && self.match_term(index, term)
+            && index > self.persisted
+        {
+            self.persisted = index;
+        }
+        if let Some(index) = last_applied {
+            self.applied = self.applied.max(index);
+        }
+    }
+
+    /// Metadata for a snapshot of the state machine at `index`.
+    pub(crate) fn snapshot_meta(&self, index: Index) -> Result<SnapshotMeta, Error> {
+        if index > self.applied {
+            return Err(Error::Unavailable(index));
+        }
+        let term = self.term(index).ok_or(Error::Compacted(index))?;
+        Ok(SnapshotMeta {
+            index,
+            term,
+            conf: self.conf_at(index),
+        })
+    }
+
+    /// Drops entries up to `index`, which a durable snapshot now covers.
+    pub(crate) fn compact(&mut self, index: Index) -> Result<(), Error> {
+        if index <= self.snapshot.index {
+            return Ok(());
+        }
+        let meta = self.snapshot_meta(index)?;
+        let drop = usize::try_from(index - self.snapshot.index).unwrap_or(usize::MAX);
+        self.entries.drain(..drop.min(self.entries.len()));
+        // Keep the configuration in force at `index` as the new base, and later ones.
+        let later: Vec<_> = self
+            .confs
+            .iter()
+            .filter(|(i, _)| *i > index)
+            .cloned()
+            .collect();
+        self.confs = std::iter::once((index, meta.conf.clone()))
+            .chain(later)
+            .collect();
+        self.snapshot = meta;
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! Deliberate safety bugs, compiled only with the `planted-bugs` feature and switched on per node
+//! through [`crate::Config::bug`]. The simulation runs with each one and must report a violation:
+//! a checker that catches nothing proves nothing.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A named, deliberately wrong variant of a Raft safety rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bug {
+    /// A leader commits an entry of an earlier term by counting replicas (breaks §5.4.2, Fig. 8).
+    CommitPreviousTerm,
+    /// A voter grants its vote without checking that the candidate's log is up to date (§5.4.1).
+    VoteWithoutLogCheck,
+    /// A vote grant goes out before the vote is persisted, so a crash lets the node vote twice in
+    /// one term (§5.2, Fig. 2 "persistent state ... updated on stable storage before responding").
+    VoteBeforePersist,
+    /// A follower appends entries without checking that its entry at `prev_log_index` has
+    /// `prev_log_term` (the consistency check of §5.3).
+    IgnorePrevLogCheck,
+}
+
+impl Bug {
+    /// Every planted bug, for tests that try them all.
+    pub const ALL: [Bug; 4] = [
+        Bug::CommitPreviousTerm,
+        Bug::VoteWithoutLogCheck,
+        Bug::VoteBeforePersist,
+        Bug::IgnorePrevLogCheck,
+    ];
+
+    /// The bug's name on the command line and in test output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::CommitPreviousTerm => "commit-previous-term",
+            Bug::VoteWithoutLogCheck => "vote-without-log-check",
+            Bug::VoteBeforePersist => "vote-before-persist",
+            Bug::IgnorePrevLogCheck => "ignore-prev-log-check",
+        }
+    }
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Bug {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Bug::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| format!("unknown planted bug {s:?}"))
+    }
+}
