@@ -88,6 +88,11 @@ pub struct RawNode {
     /// check-quorum round (leaders).
     election_elapsed: u64,
     heartbeat_elapsed: u64,
+    /// Restarted after having seen an election: for one election timeout, act as if a leader had
+    /// just been heard from. A follower that acknowledged a leader and then crashed would
+    /// otherwise forget that and vote at once, letting a new leader be elected while the old one
+    /// still serves lease reads.
+    restart_lease: bool,
     randomized_election_timeout: u64,
 
     /// Votes received in the current (pre-)election.
@@ -160,6 +165,8 @@ impl RawNode {
             rng: SplitMix64::new(cfg.seed ^ cfg.id.rotate_left(32)),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            // Term 1 is the bootstrap term: no leader, and so no lease, can have existed yet.
+            restart_lease: state.hard_state.term > 1,
             randomized_election_timeout: cfg.election_tick,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
@@ -391,6 +398,9 @@ impl RawNode {
 
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_tick {
+            self.restart_lease = false;
+        }
         if self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
             if self.is_voter() {
@@ -535,7 +545,7 @@ impl RawNode {
                 // election timeout ignores (pre-)votes, so a partitioned or removed node cannot
                 // depose a healthy leader. A transfer (TimeoutNow) is exempt.
                 let in_lease = self.cfg.check_quorum
-                    && self.leader_id != NO_NODE
+                    && (self.leader_id != NO_NODE || self.restart_lease)
                     && self.election_elapsed < self.cfg.election_tick;
                 // A node outside our configuration gets no vote and cannot bump our term.
                 let unknown = !self.log.conf().voters.contains(&m.from);
@@ -705,7 +715,9 @@ impl RawNode {
                 // The leader sends min(match, commit), so this never commits past what we hold
                 // from this leader.
                 self.log.commit_to(commit);
-                self.msgs.push(Message {
+                // After persistence: the acknowledgement promises the leader a lease, which a
+                // restart must not forget (the term it was given in must be durable).
+                self.persisted_msgs.push(Message {
                     from: self.id,
                     to: m.from,
                     term: self.term,

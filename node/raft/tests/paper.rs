@@ -273,6 +273,15 @@ fn entry(index: Index, term: Term) -> Entry {
     }
 }
 
+/// A config for nodes restarted from `state_with_terms`: check-quorum off, since these tests are
+/// about log rules and a restarted node would otherwise refuse votes for one election timeout
+/// (see `restarted_node_refuses_votes_for_one_election_timeout`).
+fn restarted_config(id: NodeId) -> Config {
+    let mut cfg = Config::new(id);
+    cfg.check_quorum = false;
+    cfg
+}
+
 /// A state whose log is the bootstrap configuration followed by entries of the given terms.
 fn state_with_terms(voters: u64, terms: &[Term], current_term: Term) -> InitialState {
     let mut s = RawNode::bootstrap(1..=voters);
@@ -398,7 +407,7 @@ fn election_restriction_refuses_stale_candidate() {
     let mut c = Cluster::with(0, |_| {});
     // Nodes 1 and 2 hold an entry of term 3; node 3's log ends in term 2.
     for (id, terms) in [(1, vec![2, 3]), (2, vec![2, 3]), (3, vec![2, 2, 2])] {
-        let mut cfg = Config::new(id);
+        let mut cfg = restarted_config(id);
         cfg.pre_vote = false;
         c.start(id, cfg, state_with_terms(3, &terms, 3));
     }
@@ -413,7 +422,7 @@ fn election_restriction_refuses_stale_candidate() {
 fn election_restriction_compares_length_on_equal_terms() {
     let mut c = Cluster::with(0, |_| {});
     for (id, terms) in [(1, vec![2]), (2, vec![2, 2]), (3, vec![2, 2])] {
-        let mut cfg = Config::new(id);
+        let mut cfg = restarted_config(id);
         cfg.pre_vote = false;
         c.start(id, cfg, state_with_terms(3, &terms, 2));
     }
@@ -471,7 +480,7 @@ fn follower_rejects_mismatch_and_replaces_conflicting_suffix() {
     let mut c = Cluster::with(0, |_| {});
     // Leader 1 has terms [2, 3]; follower 2 has the diverged suffix [2, 2, 2].
     for (id, terms) in [(1, vec![2, 3]), (2, vec![2, 2, 2]), (3, vec![2, 3])] {
-        c.start(id, Config::new(id), state_with_terms(3, &terms, 3));
+        c.start(id, restarted_config(id), state_with_terms(3, &terms, 3));
     }
     c.elect(1);
     c.propose(1, b"z").expect("accepted");
@@ -494,7 +503,7 @@ fn conflict_back_off_skips_whole_terms() {
     let mut c = Cluster::with(0, |_| {});
     let long_stale: Vec<Term> = vec![2; 200];
     for (id, terms) in [(1, vec![3]), (2, vec![3]), (3, long_stale)] {
-        c.start(id, Config::new(id), state_with_terms(3, &terms, 3));
+        c.start(id, restarted_config(id), state_with_terms(3, &terms, 3));
     }
     c.elect(1);
     let rejects = c
@@ -518,7 +527,7 @@ fn conflict_back_off_skips_whole_terms() {
 fn old_term_entry_on_majority_stays_uncommitted_until_own_term_entry() {
     let mut c = Cluster::with(0, |_| {});
     for (id, terms) in [(1, vec![2]), (2, vec![2]), (3, vec![])] {
-        let mut cfg = Config::new(id);
+        let mut cfg = restarted_config(id);
         cfg.pre_vote = false;
         c.start(id, cfg, state_with_terms(3, &terms, 2));
     }
@@ -726,6 +735,33 @@ fn follower_in_lease_ignores_higher_term_vote() {
     c.settle();
     assert_eq!(c.node(2).term(), term);
     assert_eq!(c.node(2).leader_id(), 1);
+}
+
+/// A node restarted after elections had happened refuses (pre-)votes for one election timeout:
+/// it may have acknowledged a leader's heartbeat just before crashing, and that leader may be
+/// serving lease reads on the strength of it.
+#[test]
+fn restarted_node_refuses_votes_for_one_election_timeout() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    c.restart(2);
+    c.restart(3);
+    c.isolate(1);
+    let term = c.node(3).term();
+    // Node 3 campaigns at once: the restarted node 2 refuses, and nobody's term moves.
+    c.node_mut(3).campaign();
+    c.settle();
+    assert_ne!(c.node(3).role(), Role::Leader);
+    assert_eq!(c.node(2).term(), term);
+    // Once an election timeout has passed, the lease is over and an election succeeds.
+    let mut ticks = 0;
+    while c.leaders().iter().all(|&l| l == 1) && ticks < 60 {
+        c.tick(2, 1);
+        c.tick(3, 1);
+        ticks += 1;
+    }
+    assert!(ticks >= 10, "elected after {ticks} ticks, inside the lease");
+    assert!(c.leaders().iter().any(|&l| l == 2 || l == 3));
 }
 
 /// §5.1: a leader that sees a higher term in an answer steps down; a stale leader's append is
