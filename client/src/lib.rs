@@ -1,0 +1,36 @@
+//! The raftkv client: an async library and the `kvctl` CLI (src/bin/kvctl).
+//!
+//! - [`client`]: [`Client`], one tonic channel per endpoint; follows leader redirects, caches the
+//!   leader, retries with backoff until a per-call timeout, and gives every write a session
+//!   (`client_id`, `seq`) so that a retry is never applied twice.
+//! - [`options`]: [`ClientOptions`], timeouts, keepalive, backoff and message size.
+//! - [`error`]: [`Error`], which separates definite failures from unknown outcomes.
+//! - [`local`]: the fixed addresses of a localhost cluster (`kvctl local up`), which are also the
+//!   default endpoints.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), raftkv_client::Error> {
+//! use raftkv_client::{Client, ClientOptions, Consistency};
+//! let client = Client::connect(raftkv_client::local::default_endpoints(), ClientOptions::default()).await?;
+//! let version = client.put("greeting", "hello").await?;
+//! let got = client.get("greeting", Consistency::Linearizable).await?;
+//! assert_eq!(got.map(|v| v.version), Some(version));
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod client;
+pub mod error;
+pub mod local;
+pub mod options;
+
+pub use bytes::Bytes;
+pub use client::{CasOutcome, Client, ScanPage, Versioned};
+pub use error::Error;
+pub use options::ClientOptions;
+pub use raftkv_proto::v1::{Consistency, KeyValue, Member, MemberRole, Role, StatusResponse};
+
+/// The largest key the servers accept, in bytes (DESIGN §5).
+pub const MAX_KEY_LEN: usize = 4096;
+/// The largest value the servers accept, in bytes (DESIGN §5).
+pub const MAX_VALUE_LEN: usize = 1024 * 1024;
