@@ -1,11 +1,30 @@
 //! A raftkv node: everything around the Raft core that makes a running member of a cluster.
 //!
-//! Modules:
-//! - [`storage`]: the write-ahead log, hard state and snapshot files on disk, behind a trait that
-//!   also has an in-memory implementation;
-//! - [`kv`]: the replicated key-value state machine with client sessions for exactly-once writes.
+//! Modules, from the inside out (dependencies point inward):
+//! - [`kv`]: the replicated key-value state machine with client sessions for exactly-once writes;
+//! - [`storage`]: the write-ahead log, hard state and snapshot files, behind a trait that also has
+//!   an in-memory implementation, with group commit on a dedicated thread;
+//! - [`members`]: member addresses, and the framing of entries and snapshots that carries them;
+//! - [`transport`]: gRPC messaging between peers (`raftkv.v1.Raft`);
+//! - [`api`]: the client-facing `Kv` and `Cluster` services;
+//! - `driver`: the event loop that ties the core, storage, transport and state machine together;
+//! - [`node`]: bootstrap or join, servers, start and stop;
+//! - [`handle`], [`error`]: how callers talk to a running node and what can go wrong.
 //!
-//! Dependencies point inward: `kv` and `storage` know nothing of gRPC or tokio.
+//! `kv`, `storage` and `members` know nothing of gRPC or tokio; only `driver`, `transport`, `api`
+//! and `node` do.
 
+pub mod api;
+mod driver;
+pub mod error;
+pub mod handle;
 pub mod kv;
+pub mod members;
+pub mod node;
 pub mod storage;
+pub mod transport;
+
+pub use driver::{DriverConfig, Observed};
+pub use error::NodeError;
+pub use handle::NodeHandle;
+pub use node::{NodeConfig, RunningNode, StartError, start, start_with_listeners};

@@ -1,0 +1,3 @@
+//! WAL micro-benchmark (being written).
+
+fn main() {}

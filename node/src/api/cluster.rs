@@ -1,0 +1,122 @@
+//! `raftkv.v1.Cluster`: status, membership and leader transfer.
+
+use raftkv_proto::v1 as pb;
+use raftkv_raft::Role;
+use tonic::{Request, Response, Status};
+
+use crate::handle::{MemberStatus, NodeHandle};
+
+/// The Cluster service of one node.
+#[derive(Clone, Debug)]
+pub struct ClusterService {
+    node: NodeHandle,
+}
+
+impl ClusterService {
+    /// Serves the Cluster API through `node`.
+    pub fn new(node: NodeHandle) -> Self {
+        Self { node }
+    }
+}
+
+fn role_to_wire(role: Role) -> pb::Role {
+    match role {
+        Role::Follower => pb::Role::Follower,
+        Role::PreCandidate => pb::Role::PreCandidate,
+        Role::Candidate => pb::Role::Candidate,
+        Role::Leader => pb::Role::Leader,
+    }
+}
+
+fn members_to_wire(members: Vec<MemberStatus>) -> Vec<pb::Member> {
+    members
+        .into_iter()
+        .map(|m| pb::Member {
+            id: m.id,
+            peer_addr: m.peer_addr,
+            client_addr: m.client_addr,
+            role: if m.voter {
+                pb::MemberRole::Voter
+            } else {
+                pb::MemberRole::Learner
+            } as i32,
+            match_index: m.match_index,
+            healthy: m.healthy,
+        })
+        .collect()
+}
+
+/// Checks that an address looks like `host:port`.
+fn validate_addr(field: &str, addr: &str) -> Result<(), Status> {
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !ok {
+        return Err(Status::invalid_argument(format!(
+            "{field} {addr:?} is not host:port"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.node.status().await?;
+        Ok(Response::new(pb::StatusResponse {
+            node_id: s.node_id,
+            role: role_to_wire(s.role) as i32,
+            term: s.term,
+            leader_id: s.leader_id,
+            leader_client_addr: s.leader_client_addr,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            cluster_id: s.cluster_id,
+            members: members_to_wire(s.members),
+        }))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must not be 0"));
+        }
+        validate_addr("peer_addr", &r.peer_addr)?;
+        validate_addr("client_addr", &r.client_addr)?;
+        let members = self
+            .node
+            .add_member(r.node_id, r.peer_addr, r.client_addr)
+            .await?;
+        Ok(Response::new(pb::AddMemberResponse {
+            members: members_to_wire(members),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must not be 0"));
+        }
+        let members = self.node.remove_member(r.node_id).await?;
+        Ok(Response::new(pb::RemoveMemberResponse {
+            members: members_to_wire(members),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let leader_id = self.node.transfer_leader(req.into_inner().node_id).await?;
+        Ok(Response::new(pb::TransferLeaderResponse { leader_id }))
+    }
+}

@@ -1,0 +1,167 @@
+//! `raftkv.v1.Kv`: Put, Get, Delete, Scan and CompareAndSwap.
+
+use raftkv_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::limits::{validate_bound, validate_key, validate_session, validate_value};
+use crate::handle::{Consistency, NodeHandle, ReadQuery, ReadResult};
+use crate::kv::{Command, Op, SCAN_DEFAULT_LIMIT, SCAN_MAX_LIMIT, WriteResponse};
+
+/// The Kv service of one node.
+#[derive(Clone, Debug)]
+pub struct KvService {
+    node: NodeHandle,
+}
+
+impl KvService {
+    /// Serves the Kv API through `node`.
+    pub fn new(node: NodeHandle) -> Self {
+        Self { node }
+    }
+
+    async fn write(&self, client_id: String, seq: u64, op: Op) -> Result<WriteResponse, Status> {
+        validate_session(&client_id, seq)?;
+        let cmd = if client_id.is_empty() {
+            Command::new(op)
+        } else {
+            Command::with_session(op, client_id, seq)
+        };
+        Ok(self.node.propose(cmd).await?)
+    }
+
+    async fn read(&self, query: ReadQuery, consistency: i32) -> Result<ReadResult, Status> {
+        let consistency = match pb::Consistency::try_from(consistency) {
+            Ok(pb::Consistency::Linearizable) => Consistency::Linearizable,
+            Ok(pb::Consistency::Lease) => Consistency::Lease,
+            Ok(pb::Consistency::Stale) => Consistency::Stale,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown consistency {consistency}; expected 0 (LINEARIZABLE), 1 (LEASE) or 2 (STALE)"
+                )));
+            }
+        };
+        Ok(self.node.read(query, consistency).await?)
+    }
+}
+
+fn unexpected() -> Status {
+    Status::internal("the node answered with a result of another kind")
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let r = req.into_inner();
+        validate_key("key", &r.key)?;
+        validate_value(&r.value)?;
+        let op = Op::Put {
+            key: r.key,
+            value: r.value,
+        };
+        match self.write(r.client_id, r.seq, op).await? {
+            WriteResponse::Put { version } => Ok(Response::new(pb::PutResponse { version })),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let r = req.into_inner();
+        validate_key("key", &r.key)?;
+        match self
+            .read(ReadQuery::Get { key: r.key }, r.consistency)
+            .await?
+        {
+            ReadResult::Get(g) => Ok(Response::new(pb::GetResponse {
+                found: g.found,
+                value: g.value,
+                version: g.version,
+            })),
+            ReadResult::Scan(_) => Err(unexpected()),
+        }
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = req.into_inner();
+        validate_key("key", &r.key)?;
+        match self
+            .write(r.client_id, r.seq, Op::Delete { key: r.key })
+            .await?
+        {
+            WriteResponse::Delete {
+                deleted,
+                prev_version,
+            } => Ok(Response::new(pb::DeleteResponse {
+                deleted,
+                prev_version,
+            })),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn scan(
+        &self,
+        req: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        let r = req.into_inner();
+        validate_bound("start", &r.start)?;
+        validate_bound("end", &r.end)?;
+        let limit = match r.limit {
+            0 => SCAN_DEFAULT_LIMIT,
+            l if l > SCAN_MAX_LIMIT => {
+                return Err(Status::invalid_argument(format!(
+                    "limit {l} is above the maximum of {SCAN_MAX_LIMIT}"
+                )));
+            }
+            l => l,
+        };
+        let query = ReadQuery::Scan {
+            start: r.start,
+            end: r.end,
+            limit,
+        };
+        match self.read(query, r.consistency).await? {
+            ReadResult::Scan(s) => Ok(Response::new(pb::ScanResponse {
+                items: s
+                    .items
+                    .into_iter()
+                    .map(|i| pb::KeyValue {
+                        key: i.key,
+                        value: i.value,
+                        version: i.version,
+                    })
+                    .collect(),
+                more: s.more,
+            })),
+            ReadResult::Get(_) => Err(unexpected()),
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        req: Request<pb::CompareAndSwapRequest>,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        let r = req.into_inner();
+        validate_key("key", &r.key)?;
+        validate_value(&r.value)?;
+        let op = Op::CompareAndSwap {
+            key: r.key,
+            expected_version: r.expected_version,
+            value: r.value,
+        };
+        match self.write(r.client_id, r.seq, op).await? {
+            WriteResponse::CompareAndSwap {
+                succeeded,
+                version,
+                current_value,
+            } => Ok(Response::new(pb::CompareAndSwapResponse {
+                succeeded,
+                version,
+                current_value,
+            })),
+            _ => Err(unexpected()),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! `kvnode`: one raftkv node. Parses flags, sets up logging, runs until SIGINT/SIGTERM, and on
+//! the way out hands leadership to another voter so clients see no election gap.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use raftkv_node::transport::TransportConfig;
+use raftkv_node::{DriverConfig, NodeConfig};
+use tracing::{error, info, warn};
+
+/// A raftkv node: a member of a replicated key-value store (Raft over gRPC).
+///
+/// Example, three nodes on one machine (what `kvctl local up` runs):
+///   kvnode --id 1 --listen-client 127.0.0.1:7001 --listen-peer 127.0.0.1:7101
+///          --peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103
+///          --initial-cluster-size 3 --data-dir ./raftkv-data/node-1
+#[derive(Parser, Debug)]
+#[command(name = "kvnode", version, about, long_about = None, verbatim_doc_comment)]
+struct Args {
+    /// This node's id, at least 1 and stable for the node's life. Initial members are
+    /// 1..=--initial-cluster-size.
+    #[arg(long)]
+    id: u64,
+
+    /// Address the client port (Kv, Cluster and health services) listens on.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    listen_client: SocketAddr,
+
+    /// Address the peer port (Raft traffic between members) listens on.
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    listen_peer: SocketAddr,
+
+    /// Client address other members and clients use to reach this node (host:port); defaults to
+    /// --listen-client. Set it when listening on 0.0.0.0.
+    #[arg(long)]
+    advertise_client: Option<String>,
+
+    /// Peer address other members use to reach this node (host:port); defaults to --listen-peer.
+    #[arg(long)]
+    advertise_peer: Option<String>,
+
+    /// Peer addresses of the initial members: id=host:port,... (this node may be included).
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    peers: Vec<(u64, String)>,
+
+    /// Directory for the write-ahead log, snapshots and the cluster id. Created if missing.
+    #[arg(long, default_value = "./raftkv-data")]
+    data_dir: PathBuf,
+
+    /// Size N of the initial cluster: members 1..=N bootstrap it together on first start. A node
+    /// with state on disk ignores this; a node with an empty data dir first asks its peers and
+    /// joins a running cluster instead of bootstrapping a second one.
+    #[arg(long, default_value_t = 1)]
+    initial_cluster_size: u64,
+
+    /// Mixed into the cluster id so that separately created clusters never accept each other's
+    /// messages. Use a unique value per cluster.
+    #[arg(long, default_value = "raftkv")]
+    initial_cluster_token: String,
+
+    /// Length of one Raft tick (heartbeat interval), e.g. 100ms.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    tick: Duration,
+
+    /// Minimum election timeout in ticks; each timeout is random in [T, 2T).
+    #[arg(long, default_value_t = 10)]
+    election_ticks: u64,
+
+    /// Take a snapshot and compact the log every this many applied entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
+
+    /// Timeout for one RPC to a peer; also bounds connection attempts.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    peer_timeout: Duration,
+
+    /// How long to wait for leadership to move away on shutdown.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. info or raftkv_node=debug.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not id=host:port"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{id:?} is not a node id"))?;
+    if id == 0 {
+        return Err("node id 0 is reserved".into());
+    }
+    let addr = addr.trim();
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        return Err(format!("{addr:?} is not host:port"));
+    }
+    Ok((id, addr.to_string()))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: use ms, s or m")),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kvnode: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let peers: BTreeMap<u64, String> = args.peers.into_iter().collect();
+    let cfg = NodeConfig {
+        id: args.id,
+        advertise_client: args
+            .advertise_client
+            .unwrap_or_else(|| args.listen_client.to_string()),
+        advertise_peer: args
+            .advertise_peer
+            .or_else(|| peers.get(&args.id).cloned())
+            .unwrap_or_else(|| args.listen_peer.to_string()),
+        peers,
+        data_dir: args.data_dir,
+        initial_cluster_size: args.initial_cluster_size,
+        initial_cluster_token: args.initial_cluster_token,
+        driver: DriverConfig {
+            tick: args.tick,
+            election_ticks: args.election_ticks,
+            snapshot_entries: args.snapshot_entries,
+            ..DriverConfig::default()
+        },
+        transport: TransportConfig {
+            rpc_timeout: args.peer_timeout,
+            ..TransportConfig::default()
+        },
+        seed: None,
+    };
+    let mut node = match raftkv_node::start(cfg, args.listen_client, args.listen_peer).await {
+        Ok(n) => n,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        r = node.wait() => {
+            error!("node stopped: {:?}", r.err());
+            return ExitCode::FAILURE;
+        }
+    }
+    info!("shutting down");
+    let handle = node.handle();
+    let is_leader = node.observe().borrow().role == raftkv_raft::Role::Leader;
+    if is_leader {
+        match tokio::time::timeout(args.shutdown_timeout, handle.transfer_leader(0)).await {
+            Ok(Ok(to)) => info!(to, "leadership handed over"),
+            Ok(Err(e)) => warn!("leader transfer failed: {e}"),
+            Err(_) => warn!("leader transfer timed out"),
+        }
+    }
+    match node.stop().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("stopped with an error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

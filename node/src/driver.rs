@@ -1,0 +1,960 @@
+//! The event loop of a node: it owns the Raft core and the KV state machine, feeds the core
+//! ticks, peer messages and client requests, and carries out each `Ready`.
+//!
+//! One task, no locks. Between two `Ready`s the loop takes whatever has arrived (ticks, peer
+//! messages, client requests); then it hands the `Ready`'s writes to the storage thread and awaits
+//! the fsync. Messages that queue up meanwhile form the next batch — that is the group commit,
+//! with no timer involved. The loop never holds anything across an await but its own state, and
+//! never waits on the network: outbound messages go into per-peer queues (`transport`).
+//!
+//! Waiters. A write's reply waits under the entry's (index, term). When the entry at that index is
+//! applied with another term, the write was lost (UNAVAILABLE; the client retries with the same
+//! seq). When this node stops being leader, every waiter fails the same way, since its entry may
+//! never commit.
+//!
+//! Reads. LINEARIZABLE reads go through ReadIndex; the core batches them into one heartbeat
+//! round. LEASE reads skip the round while the leader holds a lease: the lease starts when a
+//! heartbeat round was *sent* (noted just before sending) and is extended when that round is
+//! acknowledged by a quorum; it lasts [`DriverConfig::lease`], which is shorter than the time a
+//! follower that acknowledged the round refuses to vote for anyone else, minus a drift margin. It
+//! is checked against the monotonic clock when the read is served, so a leader that was paused
+//! (SIGSTOP) finds its lease expired on waking, and it ends at once when a leader transfer starts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raftkv_raft::{
+    ConfChange, ConfChangeType, Entry, EntryPayload, Error as RaftError, Index, NO_NODE, NodeId,
+    RawNode, Ready, Role, SnapshotMeta, Term,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, error, info, warn};
+
+use crate::error::NodeError;
+use crate::handle::{Consistency, MemberStatus, NodeStatus, ReadQuery, ReadResult, Request};
+use crate::kv::{KvStateMachine, WriteResponse};
+use crate::members::{
+    EntryKind, MemberAddrs, MemberBook, decode_context, decode_snapshot, encode_context,
+    encode_snapshot,
+};
+use crate::storage::{SnapshotStore, StagedSnapshot, StorageHandle, WriteBatch};
+use crate::transport::{Inbound, Transport};
+
+/// Most queued events handled before the next `Ready`: bounds the latency of one loop turn.
+const MAX_EVENTS_PER_TURN: usize = 1024;
+
+/// Tunables of the loop.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// How long one Raft tick is.
+    pub tick: Duration,
+    /// The core's minimum election timeout, in ticks.
+    pub election_ticks: u64,
+    /// Take a snapshot (and compact the log) after this many applied entries.
+    pub snapshot_entries: u64,
+    /// Most writes and reads waiting at once before new ones are refused as overloaded.
+    pub max_pending: usize,
+}
+
+impl DriverConfig {
+    /// How long a lease read may rely on a quorum's acknowledgement of a heartbeat round.
+    ///
+    /// A follower that acknowledged a round refuses votes until `election_ticks` of its ticks
+    /// have passed since it heard the heartbeat; its first tick may come right after, so it is
+    /// bound for at least `election_ticks - 1` ticks. One more tick and 10% are the margin for
+    /// clock drift and scheduling.
+    pub fn lease(&self) -> Duration {
+        let ticks = self.election_ticks.saturating_sub(2).max(1);
+        (self.tick * ticks as u32).mul_f64(0.9)
+    }
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            snapshot_entries: 10_000,
+            max_pending: 10_000,
+        }
+    }
+}
+
+type WriteReply = oneshot::Sender<Result<WriteResponse, NodeError>>;
+type MembersReply = oneshot::Sender<Result<Vec<MemberStatus>, NodeError>>;
+
+enum Waiter {
+    Write(WriteReply),
+    Members(MembersReply),
+    /// An entry the node proposed for itself (address publication).
+    Internal,
+}
+
+struct PendingRead {
+    query: ReadQuery,
+    reply: oneshot::Sender<Result<ReadResult, NodeError>>,
+}
+
+struct TransferWait {
+    target: NodeId,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<NodeId, NodeError>>,
+}
+
+/// What the node shares with the outside world (health checks, metrics, shutdown).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Role of this node.
+    pub role: Role,
+    /// Current term.
+    pub term: Term,
+    /// Known leader (0 = none).
+    pub leader_id: NodeId,
+    /// Commit index.
+    pub commit_index: Index,
+    /// Applied index.
+    pub applied_index: Index,
+    /// Whether this node is in the configuration.
+    pub member: bool,
+}
+
+/// The pieces a driver is made of; built by [`crate::node`].
+pub(crate) struct DriverParts {
+    pub id: NodeId,
+    pub cluster_id: String,
+    pub raw: RawNode,
+    pub kv: KvStateMachine,
+    pub book: MemberBook,
+    pub advertise: MemberAddrs,
+    pub requests: mpsc::Receiver<Request>,
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub transport: Transport,
+    pub storage: StorageHandle,
+    pub snapshots: SnapshotStore,
+    pub cfg: DriverConfig,
+    pub observed: watch::Sender<Observed>,
+}
+
+/// The event loop; see the module docs.
+pub(crate) struct Driver {
+    id: NodeId,
+    cluster_id: String,
+    raw: RawNode,
+    kv: KvStateMachine,
+    book: MemberBook,
+    advertise: MemberAddrs,
+    requests: mpsc::Receiver<Request>,
+    inbound: mpsc::Receiver<Inbound>,
+    transport: Transport,
+    storage: StorageHandle,
+    snapshots: SnapshotStore,
+    cfg: DriverConfig,
+    observed: watch::Sender<Observed>,
+
+    proposals: BTreeMap<Index, (Term, Waiter)>,
+    reads_by_ctx: BTreeMap<u64, PendingRead>,
+    reads_waiting_apply: Vec<(Index, PendingRead)>,
+    next_read_ctx: u64,
+    round_sent_at: BTreeMap<u64, Instant>,
+    lease_until: Option<Instant>,
+    transfers: Vec<TransferWait>,
+    /// Snapshots received from a leader, by (index, term), until the core installs one.
+    received: BTreeMap<(Index, Term), StagedSnapshot>,
+    /// The index of the last local snapshot (or the installed one).
+    snapshot_index: Index,
+    /// Last time this node asked to publish its own addresses.
+    published_at: Option<Instant>,
+}
+
+impl Driver {
+    pub(crate) fn new(p: DriverParts) -> Self {
+        let snapshot_index = p.raw.first_index().saturating_sub(1);
+        Self {
+            id: p.id,
+            cluster_id: p.cluster_id,
+            raw: p.raw,
+            kv: p.kv,
+            book: p.book,
+            advertise: p.advertise,
+            requests: p.requests,
+            inbound: p.inbound,
+            transport: p.transport,
+            storage: p.storage,
+            snapshots: p.snapshots,
+            cfg: p.cfg,
+            observed: p.observed,
+            proposals: BTreeMap::new(),
+            reads_by_ctx: BTreeMap::new(),
+            reads_waiting_apply: Vec::new(),
+            next_read_ctx: 1,
+            round_sent_at: BTreeMap::new(),
+            lease_until: None,
+            transfers: Vec::new(),
+            received: BTreeMap::new(),
+            snapshot_index,
+            published_at: None,
+        }
+    }
+
+    /// Runs until `shutdown` turns true or storage fails.
+    pub(crate) async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
+        self.sync_transport_peers();
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        // After a stall, do not fire a burst of ticks: a burst would make election timers run
+        // faster than real time, and lease reads rely on them running no faster.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+                _ = ticker.tick() => self.on_tick(),
+                Some(inb) = self.inbound.recv() => {
+                    self.on_inbound(inb);
+                    for _ in 0..MAX_EVENTS_PER_TURN {
+                        match self.inbound.try_recv() {
+                            Ok(inb) => self.on_inbound(inb),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(req) = self.requests.recv() => {
+                    self.on_request(req);
+                    for _ in 0..MAX_EVENTS_PER_TURN {
+                        match self.requests.try_recv() {
+                            Ok(req) => self.on_request(req),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.drain_ready().await?;
+        }
+        self.fail_all(|| NodeError::Stopped);
+        Ok(())
+    }
+
+    // ----- events ---------------------------------------------------------------------------
+
+    fn on_tick(&mut self) {
+        self.raw.tick();
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.transfers.len() {
+            if self.transfers[i].deadline <= now {
+                let t = self.transfers.swap_remove(i);
+                let _ = t.reply.send(Err(NodeError::Unavailable(format!(
+                    "leadership did not move to node {} in time",
+                    t.target
+                ))));
+            } else {
+                i += 1;
+            }
+        }
+        self.maybe_publish_self(now);
+    }
+
+    fn on_inbound(&mut self, inb: Inbound) {
+        match inb {
+            Inbound::Message(m) => self.raw.step(m),
+            Inbound::Snapshot { msg, data } => {
+                let meta = data.meta().clone();
+                self.received.insert((meta.index, meta.term), data);
+                // Keep only the newest few; a stale transfer's file is deleted when dropped.
+                while self.received.len() > 2 {
+                    self.received.pop_first();
+                }
+                self.raw.step(msg);
+            }
+            Inbound::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Inbound::SnapshotStatus { peer, ok } => self.raw.report_snapshot(peer, ok),
+        }
+    }
+
+    fn on_request(&mut self, req: Request) {
+        match req {
+            Request::Propose { cmd, reply } => {
+                self.propose(EntryKind::Command(cmd), Waiter::Write(reply));
+            }
+            Request::Read {
+                query,
+                consistency,
+                reply,
+            } => self.on_read(PendingRead { query, reply }, consistency),
+            Request::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Request::AddMember {
+                id,
+                peer_addr,
+                client_addr,
+                reply,
+            } => self.on_add_member(id, peer_addr, client_addr, reply),
+            Request::RemoveMember { id, reply } => {
+                let cc = ConfChange {
+                    change_type: ConfChangeType::RemoveNode,
+                    node_id: id,
+                    context: Bytes::new(),
+                };
+                match self.raw.propose_conf_change(cc) {
+                    Ok(index) => {
+                        let term = self.raw.term();
+                        self.proposals.insert(index, (term, Waiter::Members(reply)));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(self.raft_error(e)));
+                    }
+                }
+            }
+            Request::TransferLeader { id, reply } => match self.raw.transfer_leader(id) {
+                Ok(target) if target == self.id => {
+                    let _ = reply.send(Ok(self.id));
+                }
+                Ok(target) => {
+                    // Leases end the moment a transfer starts (the target may win at once).
+                    self.lease_until = None;
+                    let deadline =
+                        Instant::now() + self.cfg.tick * (2 * self.cfg.election_ticks) as u32;
+                    self.transfers.push(TransferWait {
+                        target,
+                        deadline,
+                        reply,
+                    });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(self.raft_error(e)));
+                }
+            },
+        }
+    }
+
+    fn on_add_member(&mut self, id: NodeId, peer: String, client: String, reply: MembersReply) {
+        let addrs = MemberAddrs { peer, client };
+        if self.raw.conf_state().contains(id) {
+            // Already a member: this publishes (or changes) its addresses, like etcd's member
+            // update. Members publish themselves this way when they start.
+            if self.book.get(&id) == Some(&addrs) {
+                let _ = reply.send(Ok(self.members()));
+                return;
+            }
+            self.propose(
+                EntryKind::MemberUpdate { id, addrs },
+                Waiter::Members(reply),
+            );
+            return;
+        }
+        let cc = ConfChange {
+            change_type: ConfChangeType::AddLearner,
+            node_id: id,
+            context: encode_context(&addrs),
+        };
+        match self.raw.propose_conf_change(cc) {
+            Ok(index) => {
+                // The leader starts replicating to the learner right away: it needs the address now.
+                self.book.insert(id, addrs);
+                self.sync_transport_peers();
+                let term = self.raw.term();
+                self.proposals.insert(index, (term, Waiter::Members(reply)));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(self.raft_error(e)));
+            }
+        }
+    }
+
+    fn propose(&mut self, kind: EntryKind, waiter: Waiter) {
+        if self.proposals.len() >= self.cfg.max_pending {
+            reply_err(
+                waiter,
+                NodeError::Overloaded("too many writes in flight".into()),
+            );
+            return;
+        }
+        match self.raw.propose(kind.encode()) {
+            Ok(index) => {
+                let term = self.raw.term();
+                self.proposals.insert(index, (term, waiter));
+            }
+            Err(e) => {
+                let err = self.raft_error(e);
+                reply_err(waiter, err);
+            }
+        }
+    }
+
+    fn on_read(&mut self, read: PendingRead, consistency: Consistency) {
+        if self.reads_by_ctx.len() + self.reads_waiting_apply.len() >= self.cfg.max_pending {
+            let _ = read.reply.send(Err(NodeError::Overloaded(
+                "too many reads in flight".into(),
+            )));
+            return;
+        }
+        match consistency {
+            Consistency::Stale => {
+                let result = self.execute(&read.query);
+                let _ = read.reply.send(Ok(result));
+            }
+            Consistency::Lease if self.lease_valid(Instant::now()) => {
+                let index = self.raw.commit_index();
+                self.reads_waiting_apply.push((index, read));
+                self.serve_applied_reads();
+            }
+            // Without a valid lease a LEASE read falls back to ReadIndex.
+            Consistency::Lease | Consistency::Linearizable => {
+                let ctx = self.next_read_ctx;
+                self.next_read_ctx += 1;
+                match self.raw.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads_by_ctx.insert(ctx, read);
+                    }
+                    Err(e) => {
+                        let _ = read.reply.send(Err(self.raft_error(e)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn lease_valid(&self, now: Instant) -> bool {
+        self.raw.role() == Role::Leader
+            && self.raw.lead_transferee().is_none()
+            && self.raw.has_committed_in_term()
+            && self.lease_until.is_some_and(|until| now < until)
+    }
+
+    fn execute(&self, q: &ReadQuery) -> ReadResult {
+        match q {
+            ReadQuery::Get { key } => ReadResult::Get(self.kv.get(key)),
+            ReadQuery::Scan { start, end, limit } => {
+                ReadResult::Scan(self.kv.scan(start, end, *limit))
+            }
+        }
+    }
+
+    fn serve_applied_reads(&mut self) {
+        let applied = self.kv.applied_index();
+        let mut i = 0;
+        while i < self.reads_waiting_apply.len() {
+            if self.reads_waiting_apply[i].0 <= applied {
+                let (_, read) = self.reads_waiting_apply.swap_remove(i);
+                let result = self.execute(&read.query);
+                let _ = read.reply.send(Ok(result));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Members publish their own addresses so that clients can be redirected to whoever leads.
+    fn maybe_publish_self(&mut self, now: Instant) {
+        if self.book.get(&self.id) == Some(&self.advertise)
+            || !self.raw.conf_state().contains(self.id)
+        {
+            return;
+        }
+        if self
+            .published_at
+            .is_some_and(|t| now.duration_since(t) < self.cfg.tick * self.cfg.election_ticks as u32)
+        {
+            return;
+        }
+        if self.raw.role() == Role::Leader && self.raw.has_committed_in_term() {
+            self.published_at = Some(now);
+            let kind = EntryKind::MemberUpdate {
+                id: self.id,
+                addrs: self.advertise.clone(),
+            };
+            self.propose(kind, Waiter::Internal);
+        } else if self.raw.leader_id() != NO_NODE {
+            // A follower asks the leader to publish it, over the leader's peer port.
+            let Some(leader_peer) = self.book.get(&self.raw.leader_id()).map(|a| a.peer.clone())
+            else {
+                return;
+            };
+            self.published_at = Some(now);
+            let (id, addrs) = (self.id, self.advertise.clone());
+            tokio::spawn(async move {
+                if let Err(e) = publish_via(&leader_peer, id, addrs).await {
+                    debug!(error = %e, "publishing own addresses failed; will retry");
+                }
+            });
+        }
+    }
+
+    // ----- Ready ----------------------------------------------------------------------------
+
+    async fn drain_ready(&mut self) -> Result<(), NodeError> {
+        while self.raw.has_ready() {
+            let rd = self.raw.ready();
+            self.handle_ready(&rd).await?;
+            self.raw.advance(&rd);
+            self.maybe_snapshot().await?;
+        }
+        self.publish_observed();
+        Ok(())
+    }
+
+    async fn handle_ready(&mut self, rd: &Ready) -> Result<(), NodeError> {
+        // 1. Messages that need nothing durable go out now, in parallel with our own fsync. A
+        //    lease is timed from just before its heartbeats leave.
+        if let Some(round) = rd.sent_round {
+            self.round_sent_at.insert(round, Instant::now());
+        }
+        for m in &rd.messages {
+            self.transport.send(m.clone());
+        }
+        // Learn member addresses from configuration entries as soon as they are in the log.
+        for e in &rd.entries {
+            self.learn_addresses(e);
+        }
+
+        // 2. Persist snapshot, entries and hard state with one fsync on the storage thread.
+        let staged = match &rd.snapshot {
+            Some(meta) => Some(self.take_received(meta)?),
+            None => None,
+        };
+        let restore_from = staged.as_ref().map(|s| s.open_reader());
+        let batch = WriteBatch {
+            snapshot: staged,
+            entries: rd.entries.clone(),
+            hard_state: rd.hard_state,
+        };
+        if !batch.is_empty() {
+            let (tx, rx) = oneshot::channel();
+            self.storage.submit(batch, move |r| {
+                let _ = tx.send(r);
+            });
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(NodeError::Internal(format!("storage: {e}"))),
+                Err(_) => return Err(NodeError::Internal("storage thread is gone".into())),
+            }
+        }
+        if let (Some(meta), Some(reader)) = (&rd.snapshot, restore_from) {
+            self.restore_snapshot(meta, reader)?;
+        }
+
+        // 3. Promises that depend on durable state.
+        for m in &rd.persisted_messages {
+            self.transport.send(m.clone());
+        }
+
+        // 4. Apply, then serve what waited for it.
+        for e in &rd.committed_entries {
+            self.apply(e)?;
+        }
+        for rs in &rd.read_states {
+            if let Some(read) = self.reads_by_ctx.remove(&rs.ctx) {
+                self.reads_waiting_apply.push((rs.index, read));
+            }
+        }
+        self.serve_applied_reads();
+        if let Some(round) = rd.acked_round {
+            if let Some(&sent) = self.round_sent_at.get(&round) {
+                let until = sent + self.cfg.lease();
+                self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
+            }
+            self.round_sent_at = self.round_sent_at.split_off(&(round + 1));
+        }
+        if let Some(ss) = rd.soft_state {
+            self.on_soft_state(ss.role, ss.leader_id);
+        }
+        Ok(())
+    }
+
+    fn take_received(&mut self, meta: &SnapshotMeta) -> Result<StagedSnapshot, NodeError> {
+        self.received
+            .remove(&(meta.index, meta.term))
+            .ok_or_else(|| {
+                NodeError::Internal(format!(
+                    "the core installs snapshot {}@{} but its data was not received",
+                    meta.index, meta.term
+                ))
+            })
+    }
+
+    fn restore_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        reader: crate::storage::Result<crate::storage::SnapshotReader>,
+    ) -> Result<(), NodeError> {
+        use std::io::Read;
+        let mut data = Vec::new();
+        reader
+            .and_then(|mut r| {
+                r.read_to_end(&mut data).map_err(|e| {
+                    crate::storage::StorageError::io("read snapshot", std::path::Path::new(""))(e)
+                })
+            })
+            .map_err(|e| NodeError::Internal(format!("reading snapshot {}: {e}", meta.index)))?;
+        let (book, kv) = decode_snapshot(Bytes::from(data))
+            .map_err(|e| NodeError::Internal(format!("snapshot {}: {e}", meta.index)))?;
+        self.kv = KvStateMachine::restore(&kv)
+            .map_err(|e| NodeError::Internal(format!("snapshot {}: {e}", meta.index)))?;
+        self.book.extend(book);
+        self.snapshot_index = meta.index;
+        self.sync_transport_peers();
+        // Waiters for entries the snapshot replaced can no longer be answered from the log.
+        let covered: Vec<Index> = self
+            .proposals
+            .range(..=meta.index)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in covered {
+            if let Some((_, w)) = self.proposals.remove(&index) {
+                reply_err(w, lost_write());
+            }
+        }
+        info!(
+            index = meta.index,
+            term = meta.term,
+            "installed snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    fn apply(&mut self, e: &Entry) -> Result<(), NodeError> {
+        let waiter = match self.proposals.remove(&e.index) {
+            Some((term, w)) if term == e.term => Some(w),
+            Some((_, w)) => {
+                // Another leader's entry took this index: ours is gone for good.
+                reply_err(w, lost_write());
+                None
+            }
+            None => None,
+        };
+        match &e.payload {
+            EntryPayload::Normal(data) => {
+                let kind = EntryKind::decode(data).map_err(|err| {
+                    // A committed entry every replica must apply identically: skipping it would
+                    // diverge from the others, so stop instead.
+                    NodeError::Internal(format!(
+                        "committed entry {} does not decode: {err}",
+                        e.index
+                    ))
+                })?;
+                match kind {
+                    EntryKind::Command(cmd) => {
+                        let result = self
+                            .kv
+                            .apply(e.index, &cmd)
+                            .map_err(|err| NodeError::Internal(err.to_string()))?;
+                        if let Some(Waiter::Write(reply)) = waiter {
+                            let _ = reply.send(result.map_err(NodeError::Command));
+                        }
+                    }
+                    EntryKind::MemberUpdate { id, addrs } => {
+                        self.kv_noop(e.index)?;
+                        if self.raw.conf_state().contains(id) {
+                            self.book.insert(id, addrs);
+                            self.sync_transport_peers();
+                        }
+                        if let Some(Waiter::Members(reply)) = waiter {
+                            let _ = reply.send(Ok(self.members()));
+                        }
+                    }
+                }
+            }
+            EntryPayload::Noop => self.kv_noop(e.index)?,
+            EntryPayload::Config { change, .. } => {
+                self.kv_noop(e.index)?;
+                if let Some(cc) = change {
+                    info!(index = e.index, change = ?cc.change_type, node = cc.node_id, "membership change applied");
+                }
+                self.sync_transport_peers();
+                if let Some(Waiter::Members(reply)) = waiter {
+                    let _ = reply.send(Ok(self.members()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_noop(&mut self, index: Index) -> Result<(), NodeError> {
+        self.kv
+            .apply_noop(index)
+            .map_err(|err| NodeError::Internal(err.to_string()))
+    }
+
+    fn learn_addresses(&mut self, e: &Entry) {
+        if let EntryPayload::Config {
+            change: Some(cc), ..
+        } = &e.payload
+            && cc.change_type == ConfChangeType::AddLearner
+        {
+            match decode_context(&cc.context) {
+                Ok(addrs) => {
+                    self.book.insert(cc.node_id, addrs);
+                }
+                Err(err) => {
+                    warn!(node = cc.node_id, error = %err, "membership change without addresses")
+                }
+            }
+        }
+    }
+
+    fn on_soft_state(&mut self, role: Role, leader_id: NodeId) {
+        info!(
+            ?role,
+            leader = leader_id,
+            term = self.raw.term(),
+            "role change"
+        );
+        if role != Role::Leader {
+            self.lease_until = None;
+            self.round_sent_at.clear();
+            let leader = self.leader_error();
+            for (_, (_, w)) in std::mem::take(&mut self.proposals) {
+                reply_err(
+                    w,
+                    NodeError::Unavailable(
+                        "leadership lost before the write committed; retry with the same seq"
+                            .into(),
+                    ),
+                );
+            }
+            for (_, read) in std::mem::take(&mut self.reads_by_ctx) {
+                let _ = read.reply.send(Err(leader.clone()));
+            }
+            for (_, read) in std::mem::take(&mut self.reads_waiting_apply) {
+                let _ = read.reply.send(Err(leader.clone()));
+            }
+        }
+        let mut i = 0;
+        while i < self.transfers.len() {
+            if leader_id == self.transfers[i].target {
+                let t = self.transfers.swap_remove(i);
+                let _ = t.reply.send(Ok(leader_id));
+            } else {
+                i += 1;
+            }
+        }
+        self.published_at = None;
+    }
+
+    // ----- snapshots ------------------------------------------------------------------------
+
+    async fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        let applied = self.kv.applied_index();
+        if applied < self.snapshot_index + self.cfg.snapshot_entries {
+            return Ok(());
+        }
+        let meta = self
+            .raw
+            .snapshot_meta(applied)
+            .map_err(|e| NodeError::Internal(format!("snapshot meta at {applied}: {e}")))?;
+        let data = encode_snapshot(&self.book, &self.kv.snapshot());
+        let snapshots = self.snapshots.clone();
+        let meta2 = meta.clone();
+        // Writing and fsyncing the file blocks: keep it off the async workers.
+        let staged =
+            tokio::task::spawn_blocking(move || -> crate::storage::Result<StagedSnapshot> {
+                use std::io::Write;
+                let mut w = snapshots.writer(meta2)?;
+                w.write_all(&data)
+                    .map_err(crate::storage::StorageError::io(
+                        "write snapshot",
+                        std::path::Path::new(""),
+                    ))?;
+                w.finish()
+            })
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))?
+            .map_err(|e| NodeError::Internal(format!("snapshot at {applied}: {e}")))?;
+        let (tx, rx) = oneshot::channel();
+        self.storage.submit(
+            WriteBatch {
+                snapshot: Some(staged),
+                ..Default::default()
+            },
+            move |r| {
+                let _ = tx.send(r);
+            },
+        );
+        rx.await
+            .map_err(|_| NodeError::Internal("storage thread is gone".into()))?
+            .map_err(|e| NodeError::Internal(format!("install snapshot: {e}")))?;
+        let (tx, rx) = oneshot::channel();
+        self.storage.compact(applied, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await
+            .map_err(|_| NodeError::Internal("storage thread is gone".into()))?
+            .map_err(|e| NodeError::Internal(format!("compact: {e}")))?;
+        self.raw
+            .compact(applied)
+            .map_err(|e| NodeError::Internal(format!("compact core: {e}")))?;
+        self.snapshot_index = applied;
+        debug!(index = applied, "snapshot taken, log compacted");
+        Ok(())
+    }
+
+    // ----- helpers --------------------------------------------------------------------------
+
+    fn sync_transport_peers(&mut self) {
+        let conf = self.raw.conf_state().clone();
+        for id in conf.members().filter(|&m| m != self.id) {
+            if let Some(addrs) = self.book.get(&id)
+                && !addrs.peer.is_empty()
+            {
+                self.transport.set_peer(id, &addrs.peer);
+            }
+        }
+        // Keep senders to peers that are known but not (yet) in the configuration: the leader
+        // answers a joining node before its configuration entry is applied here.
+        for (id, addrs) in &self.book {
+            if *id != self.id && !addrs.peer.is_empty() {
+                self.transport.set_peer(*id, &addrs.peer);
+            }
+        }
+    }
+
+    fn leader_error(&self) -> NodeError {
+        let leader_id = self.raw.leader_id();
+        NodeError::NotLeader {
+            leader_id,
+            leader_client_addr: self
+                .book
+                .get(&leader_id)
+                .map(|a| a.client.clone())
+                .filter(|c| !c.is_empty() && leader_id != self.id),
+        }
+    }
+
+    fn raft_error(&self, e: RaftError) -> NodeError {
+        match e {
+            RaftError::NotLeader { .. } => self.leader_error(),
+            RaftError::TransferInProgress => {
+                NodeError::Unavailable("leader transfer in progress; retry".into())
+            }
+            RaftError::ConfChangeNotAllowed(why) => NodeError::Unavailable(why.to_string()),
+            RaftError::InvalidConfChange(why) => NodeError::InvalidArgument(why),
+            other => NodeError::Internal(other.to_string()),
+        }
+    }
+
+    fn members(&self) -> Vec<MemberStatus> {
+        let status = self.raw.status();
+        status
+            .conf
+            .members()
+            .map(|id| {
+                let addrs = self.book.get(&id).cloned().unwrap_or_default();
+                let progress = status.progress.get(&id);
+                MemberStatus {
+                    id,
+                    peer_addr: addrs.peer,
+                    client_addr: addrs.client,
+                    voter: status.conf.voters.contains(&id),
+                    match_index: progress.map_or(0, |p| p.match_index),
+                    healthy: match progress {
+                        Some(p) => p.recent_active,
+                        None => id == self.id,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn status(&self) -> NodeStatus {
+        let leader_id = self.raw.leader_id();
+        NodeStatus {
+            node_id: self.id,
+            role: self.raw.role(),
+            term: self.raw.term(),
+            leader_id,
+            leader_client_addr: self
+                .book
+                .get(&leader_id)
+                .map(|a| a.client.clone())
+                .unwrap_or_default(),
+            commit_index: self.raw.commit_index(),
+            applied_index: self.kv.applied_index(),
+            cluster_id: self.cluster_id.clone(),
+            members: self.members(),
+        }
+    }
+
+    fn publish_observed(&self) {
+        let o = Observed {
+            role: self.raw.role(),
+            term: self.raw.term(),
+            leader_id: self.raw.leader_id(),
+            commit_index: self.raw.commit_index(),
+            applied_index: self.kv.applied_index(),
+            member: self.raw.conf_state().contains(self.id),
+        };
+        self.observed.send_if_modified(|cur| {
+            if *cur != o {
+                *cur = o;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn fail_all(&mut self, err: impl Fn() -> NodeError) {
+        for (_, (_, w)) in std::mem::take(&mut self.proposals) {
+            reply_err(w, err());
+        }
+        for (_, read) in std::mem::take(&mut self.reads_by_ctx) {
+            let _ = read.reply.send(Err(err()));
+        }
+        for (_, read) in std::mem::take(&mut self.reads_waiting_apply) {
+            let _ = read.reply.send(Err(err()));
+        }
+        for t in std::mem::take(&mut self.transfers) {
+            let _ = t.reply.send(Err(err()));
+        }
+    }
+}
+
+fn lost_write() -> NodeError {
+    NodeError::Unavailable(
+        "the write was superseded by another leader's entry; retry with the same seq".into(),
+    )
+}
+
+fn reply_err(w: Waiter, err: NodeError) {
+    match w {
+        Waiter::Write(r) => {
+            let _ = r.send(Err(err));
+        }
+        Waiter::Members(r) => {
+            let _ = r.send(Err(err));
+        }
+        Waiter::Internal => {
+            if !matches!(err, NodeError::Unavailable(_) | NodeError::Stopped) {
+                error!(error = %err, "internal proposal failed");
+            }
+        }
+    }
+}
+
+/// Asks the leader (on its peer port) to record this node's addresses.
+async fn publish_via(leader_peer: &str, id: NodeId, addrs: MemberAddrs) -> Result<(), String> {
+    use raftkv_proto::v1 as pb;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{leader_peer}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let mut client = pb::cluster_client::ClusterClient::new(channel);
+    client
+        .add_member(pb::AddMemberRequest {
+            node_id: id,
+            peer_addr: addrs.peer,
+            client_addr: addrs.client,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Node-to-node messaging over gRPC (`raftkv.v1.Raft`).
+//!
+//! - [`wire`]: core `Message` <-> protobuf, with validation of everything inbound;
+//! - `peer`: one sender task per peer with one reused tonic `Channel` (connect timeout, HTTP/2
+//!   keepalive) and a bounded queue, so a slow or dead peer never blocks the others;
+//! - `server`: the `Raft` service that checks cluster id and recipient and hands messages to the
+//!   driver; it also receives snapshot streams and stages them on disk.
+//!
+//! Messages are one-way (see the note at the top of raft.proto): the driver steps whatever
+//! arrives, and the answers travel back through `Raft.Respond`.
+
+mod peer;
+mod server;
+pub mod wire;
+
+use std::time::Duration;
+
+use raftkv_raft::{Message, NodeId};
+
+use crate::storage::StagedSnapshot;
+
+pub use peer::Transport;
+pub use server::RaftService;
+
+/// What the transport hands the driver.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message from a peer.
+    Message(Message),
+    /// A complete, durable snapshot from the leader, with the core's InstallSnapshot message.
+    Snapshot {
+        /// The InstallSnapshot message to step.
+        msg: Message,
+        /// The staged data, installed when the core's `Ready` says so.
+        data: StagedSnapshot,
+    },
+    /// Sending to a peer failed; the core should stop streaming to it.
+    Unreachable(NodeId),
+    /// A snapshot transfer to a peer finished.
+    SnapshotStatus {
+        /// The peer.
+        peer: NodeId,
+        /// Whether the peer accepted it.
+        ok: bool,
+    },
+}
+
+/// Timeouts and limits of peer connections.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// How long a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// How long one RPC may take (a snapshot stream gets this per chunk).
+    pub rpc_timeout: Duration,
+    /// HTTP/2 keepalive ping interval.
+    pub keepalive_interval: Duration,
+    /// Messages queued per peer before new ones are dropped (and the peer reported unreachable).
+    pub queue_len: usize,
+    /// Bytes of snapshot data per chunk.
+    pub snapshot_chunk: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            rpc_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(10),
+            queue_len: 1024,
+            snapshot_chunk: 256 << 10,
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Outbound messages: one task per peer, each with its own bounded queue and tonic `Channel`.
+//!
+//! Why a task per peer: the driver must never wait on the network. It drops messages into a
+//! queue with `try_send`; if the queue is full the message is dropped (Raft tolerates loss) and the
+//! core is told the peer is unreachable so it stops streaming to it. Snapshot streams run in their
+//! own task, so heartbeats keep flowing to a peer that is receiving a snapshot.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use raftkv_proto::v1 as pb;
+use raftkv_proto::v1::raft_client::RaftClient;
+use raftkv_raft::{Message, NodeId, SnapshotMeta};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, warn};
+
+use super::wire::{Header, Outbound, meta_to_wire, to_wire};
+use super::{Inbound, TransportConfig};
+use crate::api::MAX_GRPC_MESSAGE_BYTES;
+use crate::storage::SnapshotStore;
+
+struct Peer {
+    addr: String,
+    tx: mpsc::Sender<Message>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends the core's messages to peers. Owned by the driver.
+pub struct Transport {
+    cluster_id: String,
+    cfg: TransportConfig,
+    peers: BTreeMap<NodeId, Peer>,
+    feedback: mpsc::Sender<Inbound>,
+    snapshots: SnapshotStore,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("peers", &self.peers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Transport {
+    /// A transport whose failures are reported through `feedback` (the driver's inbound queue).
+    pub fn new(
+        cluster_id: String,
+        cfg: TransportConfig,
+        feedback: mpsc::Sender<Inbound>,
+        snapshots: SnapshotStore,
+    ) -> Self {
+        Self {
+            cluster_id,
+            cfg,
+            peers: BTreeMap::new(),
+            feedback,
+            snapshots,
+        }
+    }
+
+    /// Points `id` at `addr` (host:port). A changed address replaces the connection.
+    pub fn set_peer(&mut self, id: NodeId, addr: &str) {
+        if self.peers.get(&id).is_some_and(|p| p.addr == addr) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(self.cfg.queue_len);
+        let task = tokio::spawn(peer_task(
+            id,
+            addr.to_string(),
+            rx,
+            self.cluster_id.clone(),
+            self.cfg.clone(),
+            self.feedback.clone(),
+            self.snapshots.clone(),
+        ));
+        self.peers.insert(
+            id,
+            Peer {
+                addr: addr.to_string(),
+                tx,
+                task,
+            },
+        );
+    }
+
+    /// Forgets a peer and stops its task.
+    pub fn remove_peer(&mut self, id: NodeId) {
+        self.peers.remove(&id);
+    }
+
+    /// The peers with a sender, and their addresses.
+    pub fn peers(&self) -> impl Iterator<Item = (NodeId, &str)> {
+        self.peers.iter().map(|(id, p)| (*id, p.addr.as_str()))
+    }
+
+    /// Queues `m` for its recipient; never waits.
+    pub fn send(&mut self, m: Message) {
+        let to = m.to;
+        let Some(peer) = self.peers.get(&to) else {
+            debug!(
+                to,
+                kind = m.body.name(),
+                "no address for peer; message dropped"
+            );
+            let _ = self.feedback.try_send(Inbound::Unreachable(to));
+            return;
+        };
+        if peer.tx.try_send(m).is_err() {
+            let _ = self.feedback.try_send(Inbound::Unreachable(to));
+        }
+    }
+}
+
+fn endpoint(addr: &str, cfg: &TransportConfig) -> Result<Endpoint, tonic::transport::Error> {
+    // The name is resolved again on every (re)connect, so a pod that comes back with a new IP is
+    // found again under its stable DNS name.
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(cfg.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(cfg.keepalive_interval)
+        .keep_alive_timeout(cfg.rpc_timeout)
+        .keep_alive_while_idle(true))
+}
+
+async fn peer_task(
+    id: NodeId,
+    addr: String,
+    mut rx: mpsc::Receiver<Message>,
+    cluster_id: String,
+    cfg: TransportConfig,
+    feedback: mpsc::Sender<Inbound>,
+    snapshots: SnapshotStore,
+) {
+    let channel = match endpoint(&addr, &cfg) {
+        Ok(e) => e.connect_lazy(),
+        Err(e) => {
+            warn!(peer = id, %addr, error = %e, "invalid peer address");
+            // Drain forever so the driver sees the peer as unreachable, not as a full queue.
+            while rx.recv().await.is_some() {
+                let _ = feedback.try_send(Inbound::Unreachable(id));
+            }
+            return;
+        }
+    };
+    let mut client = RaftClient::new(channel)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let mut snapshot_task: Option<JoinHandle<()>> = None;
+    // Unary calls get a deadline each; snapshot streams have none (they may be long) and rely on
+    // HTTP/2 keepalive to notice a dead peer.
+    let deadline = cfg.rpc_timeout;
+    while let Some(m) = rx.recv().await {
+        let result = match to_wire(&cluster_id, m) {
+            Outbound::Append(r) => unary(deadline, client.append_entries(r)).await,
+            Outbound::Vote(r) => unary(deadline, client.request_vote(r)).await,
+            Outbound::TimeoutNow(r) => unary(deadline, client.timeout_now(r)).await,
+            Outbound::Respond(r) => unary(deadline, client.respond(r)).await,
+            Outbound::Snapshot { header, meta } => {
+                if snapshot_task.as_ref().is_some_and(|t| !t.is_finished()) {
+                    // One transfer at a time; the core asks again if this one fails.
+                    continue;
+                }
+                snapshot_task = Some(tokio::spawn(send_snapshot(
+                    client.clone(),
+                    header,
+                    meta,
+                    snapshots.clone(),
+                    cfg.snapshot_chunk,
+                    feedback.clone(),
+                )));
+                Ok(())
+            }
+        };
+        if let Err(status) = result {
+            debug!(peer = id, %addr, error = %status, "send failed");
+            let _ = feedback.try_send(Inbound::Unreachable(id));
+            // Whatever is queued was meant for a peer we cannot reach now; the core resends what
+            // matters, so drop it rather than pay a connect timeout per message.
+            while rx.try_recv().is_ok() {}
+        }
+    }
+    if let Some(t) = snapshot_task {
+        t.abort();
+    }
+}
+
+async fn unary<T>(
+    deadline: std::time::Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<(), tonic::Status> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(r) => r.map(drop),
+        Err(_) => Err(tonic::Status::deadline_exceeded(
+            "peer did not answer in time",
+        )),
+    }
+}
+
+/// Streams the committed snapshot `meta` in chunks and reports the outcome to the core.
+async fn send_snapshot(
+    mut client: RaftClient<Channel>,
+    header: Header,
+    meta: SnapshotMeta,
+    snapshots: SnapshotStore,
+    chunk: usize,
+    feedback: mpsc::Sender<Inbound>,
+) {
+    let peer = header.to;
+    let ok = match stream_snapshot(&mut client, &header, &meta, &snapshots, chunk).await {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(peer, index = meta.index, error = %e, "snapshot transfer failed");
+            false
+        }
+    };
+    let _ = feedback.send(Inbound::SnapshotStatus { peer, ok }).await;
+}
+
+async fn stream_snapshot(
+    client: &mut RaftClient<Channel>,
+    header: &Header,
+    meta: &SnapshotMeta,
+    snapshots: &SnapshotStore,
+    chunk: usize,
+) -> Result<(), String> {
+    // Reading the file blocks, so chunks are read on the blocking pool and fed through a small
+    // channel: the stream applies backpressure and never holds the whole snapshot in memory.
+    let mut reader = snapshots.open(meta).map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel::<pb::InstallSnapshotRequest>(4);
+    let base = pb::InstallSnapshotRequest {
+        cluster_id: header.cluster_id.clone(),
+        from: header.from,
+        to: header.to,
+        term: header.term,
+        ..Default::default()
+    };
+    let wire_meta = meta_to_wire(meta);
+    let producer = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut offset = 0u64;
+        let mut first = true;
+        loop {
+            let mut buf = vec![0u8; chunk];
+            let mut filled = 0;
+            while filled < chunk {
+                let n = reader.read(&mut buf[filled..]).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            buf.truncate(filled);
+            let done = filled < chunk;
+            let req = pb::InstallSnapshotRequest {
+                meta: first.then(|| wire_meta.clone()),
+                offset,
+                data: buf.into(),
+                done,
+                ..base.clone()
+            };
+            first = false;
+            offset += filled as u64;
+            if tx.blocking_send(req).is_err() {
+                return Err("the snapshot stream was closed".into());
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let sent = client.install_snapshot(stream).await;
+    let produced = producer.await.map_err(|e| e.to_string())?;
+    produced?;
+    sent.map(drop).map_err(|s| s.to_string())
+}

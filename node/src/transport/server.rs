@@ -1,0 +1,181 @@
+//! The `raftkv.v1.Raft` service: admits messages from peers into the driver's queue.
+//!
+//! Admission checks: the message names this node as recipient and carries this cluster's id
+//! (addresses are reused when pods move, and a message meant for another node or cluster must
+//! never reach the core), and it decodes into a valid core message. A full queue answers
+//! RESOURCE_EXHAUSTED: the message is dropped, which Raft tolerates.
+
+use std::io::Write;
+
+use raftkv_proto::v1 as pb;
+use raftkv_raft::NodeId;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Inbound;
+use super::wire::{
+    Header, append_from_wire, meta_from_wire, response_from_wire, snapshot_message,
+    timeout_now_from_wire, vote_from_wire,
+};
+use crate::storage::SnapshotStore;
+
+/// The Raft service of one node.
+#[derive(Clone, Debug)]
+pub struct RaftService {
+    id: NodeId,
+    cluster_id: String,
+    tx: mpsc::Sender<Inbound>,
+    snapshots: SnapshotStore,
+}
+
+impl RaftService {
+    /// Admits messages for node `id` of `cluster_id` into `tx`.
+    pub fn new(
+        id: NodeId,
+        cluster_id: String,
+        tx: mpsc::Sender<Inbound>,
+        snapshots: SnapshotStore,
+    ) -> Self {
+        Self {
+            id,
+            cluster_id,
+            tx,
+            snapshots,
+        }
+    }
+
+    fn check(&self, h: &Header) -> Result<(), Status> {
+        if h.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "cluster id mismatch: message for cluster {:?}, this node belongs to {:?}",
+                h.cluster_id, self.cluster_id
+            )));
+        }
+        if h.to != self.id {
+            return Err(Status::failed_precondition(format!(
+                "message for node {} reached node {}",
+                h.to, self.id
+            )));
+        }
+        if h.from == 0 || h.from == self.id {
+            return Err(Status::invalid_argument(format!(
+                "invalid sender id {}",
+                h.from
+            )));
+        }
+        Ok(())
+    }
+
+    fn admit(&self, h: Header, inbound: Inbound) -> Result<Response<pb::RaftAck>, Status> {
+        self.check(&h)?;
+        self.tx.try_send(inbound).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                Status::resource_exhausted("the node's raft inbox is full")
+            }
+            mpsc::error::TrySendError::Closed(_) => Status::unavailable("the node is stopping"),
+        })?;
+        Ok(Response::new(pb::RaftAck {}))
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let (h, m) = append_from_wire(req.into_inner()).map_err(invalid)?;
+        self.admit(h, Inbound::Message(m))
+    }
+
+    async fn request_vote(
+        &self,
+        req: Request<pb::RequestVoteRequest>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let (h, m) = vote_from_wire(req.into_inner());
+        self.admit(h, Inbound::Message(m))
+    }
+
+    async fn timeout_now(
+        &self,
+        req: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let (h, m) = timeout_now_from_wire(req.into_inner());
+        self.admit(h, Inbound::Message(m))
+    }
+
+    async fn respond(
+        &self,
+        req: Request<pb::RaftResponse>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let (h, m) = response_from_wire(req.into_inner()).map_err(invalid)?;
+        self.admit(h, Inbound::Message(m))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::InstallSnapshotRequest>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let header = Header {
+            cluster_id: first.cluster_id.clone(),
+            from: first.from,
+            to: first.to,
+            term: first.term,
+        };
+        self.check(&header)?;
+        let meta = meta_from_wire(
+            first
+                .meta
+                .clone()
+                .ok_or_else(|| Status::invalid_argument("the first snapshot chunk has no meta"))?,
+        )
+        .map_err(invalid)?;
+        let mut writer = self
+            .snapshots
+            .writer(meta.clone())
+            .map_err(|e| Status::internal(format!("cannot stage snapshot: {e}")))?;
+        let mut chunk = first;
+        let mut expected = 0u64;
+        loop {
+            if chunk.offset != expected {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {} but {expected} bytes were received",
+                    chunk.offset
+                )));
+            }
+            if chunk.from != header.from || chunk.term != header.term {
+                return Err(Status::invalid_argument(
+                    "snapshot chunks from different senders",
+                ));
+            }
+            // Local disk writes of at most one chunk; small enough not to stall the runtime.
+            writer
+                .write_all(&chunk.data)
+                .map_err(|e| Status::internal(format!("cannot write snapshot: {e}")))?;
+            expected += chunk.data.len() as u64;
+            if chunk.done {
+                break;
+            }
+            chunk = stream.next().await.ok_or_else(|| {
+                Status::invalid_argument("snapshot stream ended before the last chunk")
+            })??;
+        }
+        // Sealing fsyncs; keep it off the async workers.
+        let staged = tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("cannot seal snapshot: {e}")))?;
+        let msg = snapshot_message(&header, meta);
+        self.admit(header, Inbound::Snapshot { msg, data: staged })
+    }
+}
