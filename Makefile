@@ -1,7 +1,13 @@
 # Everyday commands. `make test` is the one CI runs (through .ci/run) and the README shows.
-.PHONY: build test lint fmt purity sim-replay bench-storage
+.PHONY: run build test lint fmt purity sim-replay bench-storage
 
 CARGO ?= cargo
+
+# A local 3-node cluster on 127.0.0.1 (client ports 7001-7003), data in ./raftkv-data.
+# Runs in the foreground until Ctrl-C; started again, it resumes on the same data.
+run:
+	$(CARGO) build --bin kvnode --bin kvctl
+	./target/debug/kvctl local up
 
 build:
 	$(CARGO) build --workspace
@@ -20,6 +26,10 @@ fmt:
 
 purity:
 	scripts/check-core-purity.sh
+
+# Appends/s and fsyncs/s of the write-ahead log for batch sizes 1, 16 and 256.
+bench-storage:
+	$(CARGO) bench -p raftkv-node --bench storage_wal
 
 # Replays one simulation seed with full output: make sim-replay SEED=1234
 sim-replay:

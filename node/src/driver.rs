@@ -520,7 +520,12 @@ impl Driver {
             Some(meta) => Some(self.take_received(meta)?),
             None => None,
         };
-        let restore_from = staged.as_ref().map(|s| s.open_reader());
+        // Read the received data before it is installed: restoring must not fail after the
+        // snapshot replaced our log on disk.
+        let restore_from = match &staged {
+            Some(s) => Some(read_staged(s).await?),
+            None => None,
+        };
         let batch = WriteBatch {
             snapshot: staged,
             entries: rd.entries.clone(),
@@ -580,21 +585,8 @@ impl Driver {
             })
     }
 
-    fn restore_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        reader: crate::storage::Result<crate::storage::SnapshotReader>,
-    ) -> Result<(), NodeError> {
-        use std::io::Read;
-        let mut data = Vec::new();
-        reader
-            .and_then(|mut r| {
-                r.read_to_end(&mut data).map_err(|e| {
-                    crate::storage::StorageError::io("read snapshot", std::path::Path::new(""))(e)
-                })
-            })
-            .map_err(|e| NodeError::Internal(format!("reading snapshot {}: {e}", meta.index)))?;
-        let (book, kv) = decode_snapshot(Bytes::from(data))
+    fn restore_snapshot(&mut self, meta: &SnapshotMeta, data: Bytes) -> Result<(), NodeError> {
+        let (book, kv) = decode_snapshot(data)
             .map_err(|e| NodeError::Internal(format!("snapshot {}: {e}", meta.index)))?;
         self.kv = KvStateMachine::restore(&kv)
             .map_err(|e| NodeError::Internal(format!("snapshot {}: {e}", meta.index)))?;
@@ -937,6 +929,22 @@ fn reply_err(w: Waiter, err: NodeError) {
             }
         }
     }
+}
+
+/// Reads a staged snapshot's data (and verifies its checksum) on the blocking pool.
+async fn read_staged(staged: &StagedSnapshot) -> Result<Bytes, NodeError> {
+    let index = staged.meta().index;
+    let mut reader = staged
+        .open_reader()
+        .map_err(|e| NodeError::Internal(format!("snapshot {index}: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data).map(|_| Bytes::from(data))
+    })
+    .await
+    .map_err(|e| NodeError::Internal(e.to_string()))?
+    .map_err(|e| NodeError::Internal(format!("reading snapshot {index}: {e}")))
 }
 
 /// Asks the leader (on its peer port) to record this node's addresses.

@@ -1,22 +1,50 @@
 //! `raftkv.v1.Kv`: Put, Get, Delete, Scan and CompareAndSwap.
 
+use std::time::Duration;
+
 use raftkv_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::limits::{validate_bound, validate_key, validate_session, validate_value};
+use crate::error::NodeError;
 use crate::handle::{Consistency, NodeHandle, ReadQuery, ReadResult};
 use crate::kv::{Command, Op, SCAN_DEFAULT_LIMIT, SCAN_MAX_LIMIT, WriteResponse};
+
+/// How long a request may wait for its write to commit (or its read to be confirmed) before the
+/// client is told DEADLINE_EXCEEDED. A write may still apply afterwards; the client retries with
+/// the same seq.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The Kv service of one node.
 #[derive(Clone, Debug)]
 pub struct KvService {
     node: NodeHandle,
+    timeout: Duration,
 }
 
 impl KvService {
     /// Serves the Kv API through `node`.
     pub fn new(node: NodeHandle) -> Self {
-        Self { node }
+        Self {
+            node,
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Changes the commit timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, NodeError>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(NodeError::Timeout(self.timeout).to_status()),
+        }
     }
 
     async fn write(&self, client_id: String, seq: u64, op: Op) -> Result<WriteResponse, Status> {
@@ -26,7 +54,7 @@ impl KvService {
         } else {
             Command::with_session(op, client_id, seq)
         };
-        Ok(self.node.propose(cmd).await?)
+        self.bounded(self.node.propose(cmd)).await
     }
 
     async fn read(&self, query: ReadQuery, consistency: i32) -> Result<ReadResult, Status> {
@@ -40,7 +68,7 @@ impl KvService {
                 )));
             }
         };
-        Ok(self.node.read(query, consistency).await?)
+        self.bounded(self.node.read(query, consistency)).await
     }
 }
 

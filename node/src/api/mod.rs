@@ -9,7 +9,7 @@ mod kv;
 mod limits;
 
 pub use cluster::ClusterService;
-pub use kv::KvService;
+pub use kv::{DEFAULT_REQUEST_TIMEOUT, KvService};
 pub use limits::{
     MAX_GRPC_MESSAGE_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, validate_key, validate_value,
 };
