@@ -744,22 +744,16 @@ impl Driver {
             .map_err(|e| NodeError::Internal(format!("snapshot meta at {applied}: {e}")))?;
         let data = encode_snapshot(&self.book, &self.kv.snapshot());
         let snapshots = self.snapshots.clone();
-        let meta2 = meta.clone();
         // Writing and fsyncing the file blocks: keep it off the async workers.
-        let staged =
-            tokio::task::spawn_blocking(move || -> crate::storage::Result<StagedSnapshot> {
-                use std::io::Write;
-                let mut w = snapshots.writer(meta2)?;
-                w.write_all(&data)
-                    .map_err(crate::storage::StorageError::io(
-                        "write snapshot",
-                        std::path::Path::new(""),
-                    ))?;
-                w.finish()
-            })
-            .await
-            .map_err(|e| NodeError::Internal(e.to_string()))?
-            .map_err(|e| NodeError::Internal(format!("snapshot at {applied}: {e}")))?;
+        let staged = tokio::task::spawn_blocking(move || -> Result<StagedSnapshot, String> {
+            use std::io::Write;
+            let mut w = snapshots.writer(meta).map_err(|e| e.to_string())?;
+            w.write_all(&data).map_err(|e| e.to_string())?;
+            w.finish().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+        .map_err(|e| NodeError::Internal(format!("snapshot at {applied}: {e}")))?;
         let (tx, rx) = oneshot::channel();
         self.storage.submit(
             WriteBatch {

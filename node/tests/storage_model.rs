@@ -126,7 +126,7 @@ fn run(seed: u64, ops: usize) -> TestResult {
             };
             let data = Bytes::from(format!("snapshot {index}/{t} at step {step}"));
             let staged = |s: &dyn LogStorage| -> Result<StagedSnapshot, StorageError> {
-                if rng_is_even(step) {
+                if step.is_multiple_of(2) {
                     Ok(StagedSnapshot::from_bytes(meta.clone(), data.clone()))
                 } else {
                     let mut w = s.snapshot_store().writer(meta.clone())?;
@@ -188,10 +188,6 @@ fn run(seed: u64, ops: usize) -> TestResult {
         );
     }
     Ok(())
-}
-
-fn rng_is_even(step: usize) -> bool {
-    step % 2 == 0
 }
 
 #[test]

@@ -76,12 +76,12 @@ mod tests {
     fn limits_are_inclusive_and_named() {
         assert!(validate_key("key", b"k").is_ok());
         assert!(validate_key("key", &[0; MAX_KEY_BYTES]).is_ok());
-        let e = validate_key("key", &[0; MAX_KEY_BYTES + 1]).unwrap_err();
+        let e = validate_key("key", &[0; MAX_KEY_BYTES + 1]).expect_err("too long");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("4096"));
         assert!(validate_key("key", b"").is_err());
         assert!(validate_value(&vec![0; MAX_VALUE_BYTES]).is_ok());
-        let e = validate_value(&vec![0; MAX_VALUE_BYTES + 1]).unwrap_err();
+        let e = validate_value(&vec![0; MAX_VALUE_BYTES + 1]).expect_err("too large");
         assert!(e.message().contains("1048576"));
         assert!(validate_session("", 0).is_ok());
         assert!(validate_session("c", 0).is_err());

@@ -67,6 +67,7 @@ use super::record::{self, MAX_BODY_LEN, ScanEnd};
 use super::snapshot::{SnapshotStore, StagedSnapshot};
 use super::{LogStorage, RecoveredState};
 
+// Record types; all must be at most `record::MAX_KIND`.
 const KIND_HEADER: u8 = 1;
 const KIND_ENTRY: u8 = 2;
 const KIND_HARD_STATE: u8 = 3;

@@ -12,6 +12,15 @@
 /// Bytes of a frame header (length + CRC).
 pub(crate) const HEADER_LEN: usize = 8;
 
+/// Record types are `1..=MAX_KIND`; the recovery search skips anything else without hashing it.
+pub(crate) const MAX_KIND: u8 = 15;
+
+/// How many bytes the search for valid frames after a bad one may hash before it gives up and
+/// reports corruption (refusing to start is safe; guessing "torn" could drop acknowledged data).
+/// A real torn tail costs a tiny fraction of this; only a payload crafted so that many offsets
+/// look like plausible frame lengths could exhaust it.
+const SEARCH_BUDGET: usize = 256 << 20;
+
 /// The largest body (type + payload) a frame may have. Client values are at most 1 MiB (DESIGN.md
 /// §5), so this leaves ample room while keeping a corrupt length from asking for gigabytes.
 pub(crate) const MAX_BODY_LEN: usize = 64 << 20;
@@ -141,13 +150,19 @@ pub(crate) fn scan(
                 pos = next;
             }
             Err(why) => {
-                return if valid_frame_after(buf, pos, salt) {
-                    ScanEnd::Corrupt {
+                return match valid_frame_after(buf, pos, salt, SEARCH_BUDGET) {
+                    Some(true) => ScanEnd::Corrupt {
                         offset: pos,
                         reason: format!("{why}, and valid records follow"),
-                    }
-                } else {
-                    ScanEnd::Torn { offset: pos }
+                    },
+                    Some(false) => ScanEnd::Torn { offset: pos },
+                    None => ScanEnd::Corrupt {
+                        offset: pos,
+                        reason: format!(
+                            "{why}; the bytes after it are too costly to search for valid \
+                             records, so it cannot be shown to be a torn write"
+                        ),
+                    },
                 };
             }
         }
@@ -155,13 +170,36 @@ pub(crate) fn scan(
     ScanEnd::Clean
 }
 
-/// Whether a valid frame starts anywhere after `pos`.
+/// Whether a valid frame starts anywhere after `pos`; `None` if finding out would hash more than
+/// `budget` bytes.
 ///
 /// This only runs on recovery when a bad frame was found. A genuinely torn tail is at most the last
-/// unsynced batch, so the search is short; zeros are rejected on the length check at once. A
-/// corrupt frame in the middle of the log is followed by a valid frame within one frame's length.
-fn valid_frame_after(buf: &[u8], pos: usize, salt: u32) -> bool {
-    (pos + 1..buf.len()).any(|p| parse_frame(buf, p, salt).is_ok())
+/// unsynced batch, so the search is short; zeros fail the length check at once, and candidates
+/// whose type byte is impossible are skipped before hashing. A corrupt frame in the middle of the
+/// log is followed by a valid frame within one frame's length.
+fn valid_frame_after(buf: &[u8], pos: usize, salt: u32, budget: usize) -> Option<bool> {
+    let mut hashed = 0usize;
+    for p in pos + 1..buf.len() {
+        let Some(header) = buf.get(p..p + HEADER_LEN + 1) else {
+            return Some(false);
+        };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = header[HEADER_LEN];
+        if len == 0 || len > MAX_BODY_LEN || len > buf.len() - p - HEADER_LEN {
+            continue;
+        }
+        if kind == 0 || kind > MAX_KIND {
+            continue;
+        }
+        hashed += len;
+        if hashed > budget {
+            return None;
+        }
+        if parse_frame(buf, p, salt).is_ok() {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 #[cfg(test)]
@@ -228,6 +266,25 @@ mod tests {
         let (mut buf, starts) = frames(6);
         buf[starts[1] + 2] ^= 0x01;
         assert!(matches!(count(&buf).1, ScanEnd::Corrupt { offset, .. } if offset == starts[1]));
+    }
+
+    #[test]
+    fn a_search_that_would_cost_too_much_gives_up() {
+        // A torn record whose payload makes every ninth offset look like a 64-byte frame of type 2.
+        let (mut buf, starts) = frames(3);
+        buf.truncate(starts[2] + 3);
+        for _ in 0..500 {
+            buf.extend_from_slice(&[0x40, 0, 0, 0, 0, 0, 0, 0, 0x02]);
+        }
+        assert_eq!(valid_frame_after(&buf, starts[2], SALT, 1000), None);
+        assert_eq!(
+            valid_frame_after(&buf, starts[2], SALT, usize::MAX),
+            Some(false)
+        );
+        assert!(matches!(
+            scan(&buf, 0, SALT, |_| Ok(())),
+            ScanEnd::Torn { offset } if offset == starts[2]
+        ));
     }
 
     #[test]
