@@ -39,6 +39,7 @@ use crate::members::{
     EntryKind, MemberAddrs, MemberBook, decode_context, decode_snapshot, encode_context,
     encode_snapshot,
 };
+use crate::metrics::Metrics;
 use crate::storage::{SnapshotStore, StagedSnapshot, StorageHandle, WriteBatch};
 use crate::transport::{Inbound, Transport};
 
@@ -135,6 +136,7 @@ pub(crate) struct DriverParts {
     pub snapshots: SnapshotStore,
     pub cfg: DriverConfig,
     pub observed: watch::Sender<Observed>,
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 /// The event loop; see the module docs.
@@ -152,8 +154,11 @@ pub(crate) struct Driver {
     snapshots: SnapshotStore,
     cfg: DriverConfig,
     observed: watch::Sender<Observed>,
+    metrics: std::sync::Arc<Metrics>,
 
     proposals: BTreeMap<Index, (Term, Waiter)>,
+    /// When each client write was proposed, for the proposal latency histogram.
+    proposed_at: BTreeMap<Index, Instant>,
     reads_by_ctx: BTreeMap<u64, PendingRead>,
     reads_waiting_apply: Vec<(Index, PendingRead)>,
     next_read_ctx: u64,
@@ -185,7 +190,9 @@ impl Driver {
             snapshots: p.snapshots,
             cfg: p.cfg,
             observed: p.observed,
+            metrics: p.metrics,
             proposals: BTreeMap::new(),
+            proposed_at: BTreeMap::new(),
             reads_by_ctx: BTreeMap::new(),
             reads_waiting_apply: Vec::new(),
             next_read_ctx: 1,
@@ -380,6 +387,9 @@ impl Driver {
         match self.raw.propose(kind.encode()) {
             Ok(index) => {
                 let term = self.raw.term();
+                if matches!(waiter, Waiter::Write(_)) {
+                    self.proposed_at.insert(index, Instant::now());
+                }
                 self.proposals.insert(index, (term, waiter));
             }
             Err(e) => {
@@ -533,10 +543,13 @@ impl Driver {
         };
         if !batch.is_empty() {
             let (tx, rx) = oneshot::channel();
+            let started = Instant::now();
             self.storage.submit(batch, move |r| {
                 let _ = tx.send(r);
             });
-            match rx.await {
+            let done = rx.await;
+            self.metrics.fsync_duration.observe(started.elapsed());
+            match done {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(NodeError::Internal(format!("storage: {e}"))),
                 Err(_) => return Err(NodeError::Internal("storage thread is gone".into())),
@@ -604,6 +617,7 @@ impl Driver {
                 reply_err(w, lost_write());
             }
         }
+        self.metrics.snapshot_installed();
         info!(
             index = meta.index,
             term = meta.term,
@@ -613,6 +627,7 @@ impl Driver {
     }
 
     fn apply(&mut self, e: &Entry) -> Result<(), NodeError> {
+        let proposed_at = self.proposed_at.remove(&e.index);
         let waiter = match self.proposals.remove(&e.index) {
             Some((term, w)) if term == e.term => Some(w),
             Some((_, w)) => {
@@ -639,6 +654,9 @@ impl Driver {
                             .apply(e.index, &cmd)
                             .map_err(|err| NodeError::Internal(err.to_string()))?;
                         if let Some(Waiter::Write(reply)) = waiter {
+                            if let Some(at) = proposed_at {
+                                self.metrics.proposal_duration.observe(at.elapsed());
+                            }
                             let _ = reply.send(result.map_err(NodeError::Command));
                         }
                     }
@@ -703,6 +721,7 @@ impl Driver {
             self.lease_until = None;
             self.round_sent_at.clear();
             let leader = self.leader_error();
+            self.proposed_at.clear();
             for (_, (_, w)) in std::mem::take(&mut self.proposals) {
                 reply_err(
                     w,
@@ -778,6 +797,7 @@ impl Driver {
             .compact(applied)
             .map_err(|e| NodeError::Internal(format!("compact core: {e}")))?;
         self.snapshot_index = applied;
+        self.metrics.snapshot_taken();
         debug!(index = applied, "snapshot taken, log compacted");
         Ok(())
     }
@@ -869,6 +889,14 @@ impl Driver {
     }
 
     fn publish_observed(&self) {
+        self.metrics.set_state(
+            self.raw.term(),
+            self.raw.role(),
+            self.raw.leader_id(),
+            self.raw.commit_index(),
+            self.kv.applied_index(),
+            self.raw.conf_state().contains(self.id),
+        );
         let o = Observed {
             role: self.raw.role(),
             term: self.raw.term(),
@@ -888,6 +916,7 @@ impl Driver {
     }
 
     fn fail_all(&mut self, err: impl Fn() -> NodeError) {
+        self.proposed_at.clear();
         for (_, (_, w)) in std::mem::take(&mut self.proposals) {
             reply_err(w, err());
         }

@@ -8,6 +8,7 @@
 //! - [`transport`]: gRPC messaging between peers (`raftkv.v1.Raft`);
 //! - [`api`]: the client-facing `Kv` and `Cluster` services;
 //! - `driver`: the event loop that ties the core, storage, transport and state machine together;
+//! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint;
 //! - [`node`]: bootstrap or join, servers, start and stop;
 //! - [`handle`], [`error`]: how callers talk to a running node and what can go wrong.
 //!
@@ -20,6 +21,7 @@ pub mod error;
 pub mod handle;
 pub mod kv;
 pub mod members;
+pub mod metrics;
 pub mod node;
 pub mod storage;
 pub mod transport;

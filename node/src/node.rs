@@ -36,6 +36,7 @@ use crate::error::NodeError;
 use crate::handle::NodeHandle;
 use crate::kv::KvStateMachine;
 use crate::members::{EntryKind, MemberAddrs, MemberBook, decode_context, decode_snapshot};
+use crate::metrics::Metrics;
 use crate::storage::{DiskOptions, DiskStorage, LogStorage, RecoveredState, StorageThread};
 use crate::transport::{RaftService, Transport, TransportConfig};
 
@@ -62,6 +63,8 @@ pub struct NodeConfig {
     pub transport: TransportConfig,
     /// Seed for election-timeout randomization; `None` draws one from the OS.
     pub seed: Option<u64>,
+    /// Where to serve Prometheus `/metrics`; `None` = not served.
+    pub listen_metrics: Option<SocketAddr>,
 }
 
 /// Why a node could not start.
@@ -94,6 +97,7 @@ pub struct RunningNode {
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
     cluster_id: String,
+    metrics_addr: Option<SocketAddr>,
     observed: watch::Receiver<Observed>,
     shutdown: watch::Sender<bool>,
     driver: JoinHandle<Result<(), NodeError>>,
@@ -116,6 +120,10 @@ impl RunningNode {
     /// Where the peer port listens.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
+    }
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
     /// The cluster this node belongs to.
     pub fn cluster_id(&self) -> &str {
@@ -426,12 +434,14 @@ pub async fn start_with_listeners(
     let (obs_tx, obs_rx) = watch::channel(Observed::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let handle = NodeHandle::new(req_tx);
+    let metrics = Metrics::new();
 
     let transport = Transport::new(
         cluster_id.clone(),
         cfg.transport.clone(),
         in_tx.clone(),
         snapshots.clone(),
+        metrics.clone(),
     );
     let driver = Driver::new(DriverParts {
         id: cfg.id,
@@ -447,6 +457,7 @@ pub async fn start_with_listeners(
         snapshots: snapshots.clone(),
         cfg: cfg.driver.clone(),
         observed: obs_tx,
+        metrics: metrics.clone(),
     });
     let driver_stop = stop_rx.clone();
     let driver_task = tokio::spawn(async move {
@@ -485,9 +496,22 @@ pub async fn start_with_listeners(
         }
     });
 
-    let kv_service = pb::kv_server::KvServer::new(KvService::new(handle.clone()))
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let mut servers = Vec::new();
+    let metrics_addr = match cfg.listen_metrics {
+        Some(addr) => {
+            let (local, task) =
+                crate::metrics::spawn(addr, metrics.clone(), cfg.id, stop_rx.clone())
+                    .await
+                    .map_err(|e| StartError::Listen(format!("metrics port {addr}: {e}")))?;
+            servers.push(task);
+            Some(local)
+        }
+        None => None,
+    };
+    let kv_service =
+        pb::kv_server::KvServer::new(KvService::new(handle.clone()).with_metrics(metrics.clone()))
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let cluster_service =
         pb::cluster_server::ClusterServer::new(ClusterService::new(handle.clone()));
     let raft_service = pb::raft_server::RaftServer::new(RaftService::new(
@@ -524,10 +548,14 @@ pub async fn start_with_listeners(
         client_addr,
         peer_addr,
         cluster_id,
+        metrics_addr,
         observed: obs_rx,
         shutdown: stop_tx,
         driver: driver_task,
-        servers: vec![client_server, peer_server, health_task],
+        servers: {
+            servers.extend([client_server, peer_server, health_task]);
+            servers
+        },
     })
 }
 

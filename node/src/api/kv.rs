@@ -9,6 +9,7 @@ use super::limits::{validate_bound, validate_key, validate_session, validate_val
 use crate::error::NodeError;
 use crate::handle::{Consistency, NodeHandle, ReadQuery, ReadResult};
 use crate::kv::{Command, Op, SCAN_DEFAULT_LIMIT, SCAN_MAX_LIMIT, WriteResponse};
+use crate::metrics::Metrics;
 
 /// How long a request may wait for its write to commit (or its read to be confirmed) before the
 /// client is told DEADLINE_EXCEEDED. A write may still apply afterwards; the client retries with
@@ -20,6 +21,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct KvService {
     node: NodeHandle,
     timeout: Duration,
+    metrics: Option<std::sync::Arc<Metrics>>,
 }
 
 impl KvService {
@@ -28,7 +30,22 @@ impl KvService {
         Self {
             node,
             timeout: DEFAULT_REQUEST_TIMEOUT,
+            metrics: None,
         }
+    }
+
+    /// Counts failed requests by status code in `metrics`.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The single exit of every handler: counts the failure, if any, by code.
+    fn finish<T>(&self, r: Result<T, Status>) -> Result<Response<T>, Status> {
+        if let (Err(status), Some(m)) = (&r, &self.metrics) {
+            m.rpc_error(status.code());
+        }
+        r.map(Response::new)
     }
 
     /// Changes the commit timeout.
@@ -76,10 +93,8 @@ fn unexpected() -> Status {
     Status::internal("the node answered with a result of another kind")
 }
 
-#[tonic::async_trait]
-impl pb::kv_server::Kv for KvService {
-    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let r = req.into_inner();
+impl KvService {
+    async fn do_put(&self, r: pb::PutRequest) -> Result<pb::PutResponse, Status> {
         validate_key("key", &r.key)?;
         validate_value(&r.value)?;
         let op = Op::Put {
@@ -87,32 +102,27 @@ impl pb::kv_server::Kv for KvService {
             value: r.value,
         };
         match self.write(r.client_id, r.seq, op).await? {
-            WriteResponse::Put { version } => Ok(Response::new(pb::PutResponse { version })),
+            WriteResponse::Put { version } => Ok(pb::PutResponse { version }),
             _ => Err(unexpected()),
         }
     }
 
-    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let r = req.into_inner();
+    async fn do_get(&self, r: pb::GetRequest) -> Result<pb::GetResponse, Status> {
         validate_key("key", &r.key)?;
         match self
             .read(ReadQuery::Get { key: r.key }, r.consistency)
             .await?
         {
-            ReadResult::Get(g) => Ok(Response::new(pb::GetResponse {
+            ReadResult::Get(g) => Ok(pb::GetResponse {
                 found: g.found,
                 value: g.value,
                 version: g.version,
-            })),
+            }),
             ReadResult::Scan(_) => Err(unexpected()),
         }
     }
 
-    async fn delete(
-        &self,
-        req: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let r = req.into_inner();
+    async fn do_delete(&self, r: pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
         validate_key("key", &r.key)?;
         match self
             .write(r.client_id, r.seq, Op::Delete { key: r.key })
@@ -121,19 +131,15 @@ impl pb::kv_server::Kv for KvService {
             WriteResponse::Delete {
                 deleted,
                 prev_version,
-            } => Ok(Response::new(pb::DeleteResponse {
+            } => Ok(pb::DeleteResponse {
                 deleted,
                 prev_version,
-            })),
+            }),
             _ => Err(unexpected()),
         }
     }
 
-    async fn scan(
-        &self,
-        req: Request<pb::ScanRequest>,
-    ) -> Result<Response<pb::ScanResponse>, Status> {
-        let r = req.into_inner();
+    async fn do_scan(&self, r: pb::ScanRequest) -> Result<pb::ScanResponse, Status> {
         validate_bound("start", &r.start)?;
         validate_bound("end", &r.end)?;
         let limit = match r.limit {
@@ -151,7 +157,7 @@ impl pb::kv_server::Kv for KvService {
             limit,
         };
         match self.read(query, r.consistency).await? {
-            ReadResult::Scan(s) => Ok(Response::new(pb::ScanResponse {
+            ReadResult::Scan(s) => Ok(pb::ScanResponse {
                 items: s
                     .items
                     .into_iter()
@@ -162,16 +168,15 @@ impl pb::kv_server::Kv for KvService {
                     })
                     .collect(),
                 more: s.more,
-            })),
+            }),
             ReadResult::Get(_) => Err(unexpected()),
         }
     }
 
-    async fn compare_and_swap(
+    async fn do_compare_and_swap(
         &self,
-        req: Request<pb::CompareAndSwapRequest>,
-    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
-        let r = req.into_inner();
+        r: pb::CompareAndSwapRequest,
+    ) -> Result<pb::CompareAndSwapResponse, Status> {
         validate_key("key", &r.key)?;
         validate_value(&r.value)?;
         let op = Op::CompareAndSwap {
@@ -184,12 +189,44 @@ impl pb::kv_server::Kv for KvService {
                 succeeded,
                 version,
                 current_value,
-            } => Ok(Response::new(pb::CompareAndSwapResponse {
+            } => Ok(pb::CompareAndSwapResponse {
                 succeeded,
                 version,
                 current_value,
-            })),
+            }),
             _ => Err(unexpected()),
         }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        self.finish(self.do_put(req.into_inner()).await)
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        self.finish(self.do_get(req.into_inner()).await)
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.finish(self.do_delete(req.into_inner()).await)
+    }
+
+    async fn scan(
+        &self,
+        req: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        self.finish(self.do_scan(req.into_inner()).await)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        req: Request<pb::CompareAndSwapRequest>,
+    ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
+        self.finish(self.do_compare_and_swap(req.into_inner()).await)
     }
 }

@@ -34,6 +34,10 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:7101")]
     listen_peer: SocketAddr,
 
+    /// Address to serve Prometheus metrics on (GET /metrics); not served when unset.
+    #[arg(long)]
+    listen_metrics: Option<SocketAddr>,
+
     /// Client address other members and clients use to reach this node (host:port); defaults to
     /// --listen-client. Set it when listening on 0.0.0.0.
     #[arg(long)]
@@ -195,6 +199,7 @@ async fn run(args: Args) -> ExitCode {
             ..TransportConfig::default()
         },
         seed: None,
+        listen_metrics: args.listen_metrics,
     };
     let mut node = match raftkv_node::start(cfg, args.listen_client, args.listen_peer).await {
         Ok(n) => n,

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 use super::wire::{Header, Outbound, meta_to_wire, to_wire};
 use super::{Inbound, TransportConfig};
 use crate::api::MAX_GRPC_MESSAGE_BYTES;
+use crate::metrics::Metrics;
 use crate::storage::SnapshotStore;
 
 struct Peer {
@@ -40,6 +41,7 @@ pub struct Transport {
     peers: BTreeMap<NodeId, Peer>,
     feedback: mpsc::Sender<Inbound>,
     snapshots: SnapshotStore,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -57,6 +59,7 @@ impl Transport {
         cfg: TransportConfig,
         feedback: mpsc::Sender<Inbound>,
         snapshots: SnapshotStore,
+        metrics: std::sync::Arc<Metrics>,
     ) -> Self {
         Self {
             cluster_id,
@@ -64,6 +67,7 @@ impl Transport {
             peers: BTreeMap::new(),
             feedback,
             snapshots,
+            metrics,
         }
     }
 
@@ -81,6 +85,7 @@ impl Transport {
             self.cfg.clone(),
             self.feedback.clone(),
             self.snapshots.clone(),
+            self.metrics.clone(),
         ));
         self.peers.insert(
             id,
@@ -111,12 +116,32 @@ impl Transport {
                 kind = m.body.name(),
                 "no address for peer; message dropped"
             );
+            self.metrics.peer_failed(to);
             let _ = self.feedback.try_send(Inbound::Unreachable(to));
             return;
         };
+        let size = message_size(&m);
         if peer.tx.try_send(m).is_err() {
+            self.metrics.peer_failed(to);
             let _ = self.feedback.try_send(Inbound::Unreachable(to));
+        } else {
+            self.metrics.peer_sent(to, size);
         }
+    }
+}
+
+/// Approximate wire size: the entries' sizes plus a fixed header.
+fn message_size(m: &Message) -> u64 {
+    const HEADER: u64 = 48;
+    match &m.body {
+        raftkv_raft::MessageBody::AppendEntries { entries, .. } => {
+            HEADER
+                + entries
+                    .iter()
+                    .map(raftkv_raft::Entry::size_hint)
+                    .sum::<u64>()
+        }
+        _ => HEADER,
     }
 }
 
@@ -139,6 +164,7 @@ async fn peer_task(
     cfg: TransportConfig,
     feedback: mpsc::Sender<Inbound>,
     snapshots: SnapshotStore,
+    metrics: std::sync::Arc<Metrics>,
 ) {
     let channel = match endpoint(&addr, &cfg) {
         Ok(e) => e.connect_lazy(),
@@ -176,12 +202,14 @@ async fn peer_task(
                     snapshots.clone(),
                     cfg.snapshot_chunk,
                     feedback.clone(),
+                    metrics.clone(),
                 )));
                 Ok(())
             }
         };
         if let Err(status) = result {
             debug!(peer = id, %addr, error = %status, "send failed");
+            metrics.peer_failed(id);
             let _ = feedback.try_send(Inbound::Unreachable(id));
             // Whatever is queued was meant for a peer we cannot reach now; the core resends what
             // matters, so drop it rather than pay a connect timeout per message.
@@ -213,6 +241,7 @@ async fn send_snapshot(
     snapshots: SnapshotStore,
     chunk: usize,
     feedback: mpsc::Sender<Inbound>,
+    metrics: std::sync::Arc<Metrics>,
 ) {
     let peer = header.to;
     let ok = match stream_snapshot(&mut client, &header, &meta, &snapshots, chunk).await {
@@ -222,6 +251,7 @@ async fn send_snapshot(
             false
         }
     };
+    metrics.snapshot_sent(ok);
     let _ = feedback.send(Inbound::SnapshotStatus { peer, ok }).await;
 }
 
