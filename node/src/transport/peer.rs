@@ -34,14 +34,20 @@ impl Drop for Peer {
     }
 }
 
-/// Sends the core's messages to peers. Owned by the driver.
-pub struct Transport {
+/// What every peer task shares: where to report, what to send snapshots from, what to count.
+#[derive(Clone)]
+struct Shared {
     cluster_id: String,
     cfg: TransportConfig,
-    peers: BTreeMap<NodeId, Peer>,
     feedback: mpsc::Sender<Inbound>,
     snapshots: SnapshotStore,
     metrics: std::sync::Arc<Metrics>,
+}
+
+/// Sends the core's messages to peers. Owned by the driver.
+pub struct Transport {
+    shared: Shared,
+    peers: BTreeMap<NodeId, Peer>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -62,12 +68,14 @@ impl Transport {
         metrics: std::sync::Arc<Metrics>,
     ) -> Self {
         Self {
-            cluster_id,
-            cfg,
+            shared: Shared {
+                cluster_id,
+                cfg,
+                feedback,
+                snapshots,
+                metrics,
+            },
             peers: BTreeMap::new(),
-            feedback,
-            snapshots,
-            metrics,
         }
     }
 
@@ -76,17 +84,8 @@ impl Transport {
         if self.peers.get(&id).is_some_and(|p| p.addr == addr) {
             return;
         }
-        let (tx, rx) = mpsc::channel(self.cfg.queue_len);
-        let task = tokio::spawn(peer_task(
-            id,
-            addr.to_string(),
-            rx,
-            self.cluster_id.clone(),
-            self.cfg.clone(),
-            self.feedback.clone(),
-            self.snapshots.clone(),
-            self.metrics.clone(),
-        ));
+        let (tx, rx) = mpsc::channel(self.shared.cfg.queue_len);
+        let task = tokio::spawn(peer_task(id, addr.to_string(), rx, self.shared.clone()));
         self.peers.insert(
             id,
             Peer {
@@ -116,16 +115,16 @@ impl Transport {
                 kind = m.body.name(),
                 "no address for peer; message dropped"
             );
-            self.metrics.peer_failed(to);
-            let _ = self.feedback.try_send(Inbound::Unreachable(to));
+            self.shared.metrics.peer_failed(to);
+            let _ = self.shared.feedback.try_send(Inbound::Unreachable(to));
             return;
         };
         let size = message_size(&m);
         if peer.tx.try_send(m).is_err() {
-            self.metrics.peer_failed(to);
-            let _ = self.feedback.try_send(Inbound::Unreachable(to));
+            self.shared.metrics.peer_failed(to);
+            let _ = self.shared.feedback.try_send(Inbound::Unreachable(to));
         } else {
-            self.metrics.peer_sent(to, size);
+            self.shared.metrics.peer_sent(to, size);
         }
     }
 }
@@ -156,16 +155,14 @@ fn endpoint(addr: &str, cfg: &TransportConfig) -> Result<Endpoint, tonic::transp
         .keep_alive_while_idle(true))
 }
 
-async fn peer_task(
-    id: NodeId,
-    addr: String,
-    mut rx: mpsc::Receiver<Message>,
-    cluster_id: String,
-    cfg: TransportConfig,
-    feedback: mpsc::Sender<Inbound>,
-    snapshots: SnapshotStore,
-    metrics: std::sync::Arc<Metrics>,
-) {
+async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, shared: Shared) {
+    let Shared {
+        cluster_id,
+        cfg,
+        feedback,
+        snapshots,
+        metrics,
+    } = shared;
     let channel = match endpoint(&addr, &cfg) {
         Ok(e) => e.connect_lazy(),
         Err(e) => {
