@@ -490,7 +490,7 @@ impl Driver {
             };
             self.published_at = Some(now);
             let (id, addrs) = (self.id, self.advertise.clone());
-            tokio::spawn(async move {
+            crate::spawn(async move {
                 if let Err(e) = publish_via(&leader_peer, id, addrs).await {
                     debug!(error = %e, "publishing own addresses failed; will retry");
                 }

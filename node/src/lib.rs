@@ -30,3 +30,14 @@ pub use driver::{DriverConfig, Observed};
 pub use error::NodeError;
 pub use handle::NodeHandle;
 pub use node::{NodeConfig, RunningNode, StartError, start, start_with_listeners};
+
+/// Spawns a task that stays inside the caller's tracing span (`node{id=..}`), so that every log
+/// line a node's tasks write names the node, even with several nodes in one process (tests).
+pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument as _;
+    tokio::spawn(future.in_current_span())
+}

@@ -337,7 +337,7 @@ pub async fn serve(
             continue;
         };
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let r = tokio::time::timeout(
                 Duration::from_secs(5),
                 handle_connection(stream, &metrics, node_id),
@@ -402,7 +402,7 @@ pub async fn spawn(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    Ok((local, tokio::spawn(serve(listener, metrics, node_id, stop))))
+    Ok((local, crate::spawn(serve(listener, metrics, node_id, stop))))
 }
 
 #[cfg(test)]

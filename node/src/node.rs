@@ -269,7 +269,7 @@ where
     F: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
-    let handles: Vec<JoinHandle<T>> = futs.map(tokio::spawn).collect();
+    let handles: Vec<JoinHandle<T>> = futs.map(crate::spawn).collect();
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
         if let Ok(v) = h.await {
@@ -299,7 +299,20 @@ pub async fn start(
 }
 
 /// Starts the node on listeners the caller bound (tests bind port 0 first to learn the ports).
+/// Everything the node does, in every task, logs inside a `node{id=..}` span.
 pub async fn start_with_listeners(
+    cfg: NodeConfig,
+    client_listener: TcpListener,
+    peer_listener: TcpListener,
+) -> Result<RunningNode, StartError> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("node", id = cfg.id);
+    start_in_span(cfg, client_listener, peer_listener)
+        .instrument(span)
+        .await
+}
+
+async fn start_in_span(
     cfg: NodeConfig,
     client_listener: TcpListener,
     peer_listener: TcpListener,
@@ -460,7 +473,7 @@ pub async fn start_with_listeners(
         metrics: metrics.clone(),
     });
     let driver_stop = stop_rx.clone();
-    let driver_task = tokio::spawn(async move {
+    let driver_task = crate::spawn(async move {
         let result = driver.run(driver_stop).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "driver stopped");
@@ -473,7 +486,7 @@ pub async fn start_with_listeners(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let mut health_obs = obs_rx.clone();
     let mut health_stop = stop_rx.clone();
-    let health_task = tokio::spawn(async move {
+    let health_task = crate::spawn(async move {
         loop {
             let ready = {
                 let o = health_obs.borrow();
@@ -565,7 +578,7 @@ fn serve(
     mut stop: watch::Receiver<bool>,
     name: &'static str,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    crate::spawn(async move {
         let incoming = TcpListenerStream::new(listener);
         let shutdown = async move {
             while !*stop.borrow() {
