@@ -145,8 +145,12 @@ impl RunningNode {
             Ok(r) => r,
             Err(e) => Err(NodeError::Internal(format!("driver task failed: {e}"))),
         };
-        for s in self.servers {
-            let _ = s.await;
+        // Servers drain open connections gracefully, but a connection that never finishes its
+        // HTTP/2 handshake would hold the drain forever: bound it, then drop what is left.
+        for mut s in self.servers {
+            if tokio::time::timeout(SERVER_DRAIN, &mut s).await.is_err() {
+                s.abort();
+            }
         }
         result
     }
@@ -182,6 +186,8 @@ pub fn derive_cluster_id(token: &str, size: u64) -> String {
 }
 
 const CLUSTER_ID_FILE: &str = "cluster_id";
+/// How long `stop` lets the servers finish requests in flight before closing connections.
+const SERVER_DRAIN: Duration = Duration::from_secs(3);
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
     move |source| StartError::DataDir {
