@@ -6,6 +6,8 @@
 //! [`NodeError::Overloaded`] (RESOURCE_EXHAUSTED) rather than by waiting, so overload never piles
 //! up unbounded work behind the Raft loop.
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::Bytes;
 use raftkv_raft::{NodeId, Role};
 use tokio::sync::{mpsc, oneshot};
@@ -124,20 +126,42 @@ pub(crate) enum Request {
 }
 
 /// A cloneable way to talk to a running node's driver.
+///
+/// The servers start before the node has decided which cluster it belongs to (so that peers can
+/// ask it during bootstrap); until then every call answers UNAVAILABLE.
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
+    id: NodeId,
     tx: mpsc::Sender<Request>,
+    started: Arc<OnceLock<String>>,
 }
 
 impl NodeHandle {
-    pub(crate) fn new(tx: mpsc::Sender<Request>) -> Self {
-        Self { tx }
+    pub(crate) fn new(
+        id: NodeId,
+        tx: mpsc::Sender<Request>,
+        started: Arc<OnceLock<String>>,
+    ) -> Self {
+        Self { id, tx, started }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The cluster id, once the node has started its driver.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.started.get().map(String::as_str)
     }
 
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, NodeError> {
+        if self.started.get().is_none() {
+            return Err(NodeError::Unavailable("the node is starting".into()));
+        }
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(make(reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {

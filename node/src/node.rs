@@ -5,20 +5,26 @@
 //! addresses) and health. Separate ports let a NetworkPolicy fence the peer port.
 //!
 //! Bootstrap (DESIGN.md §6). A node with Raft state on disk ignores every bootstrap flag. A node
-//! with an empty data directory first asks its peers for their status:
-//! - if any of them belongs to a cluster that has already elected a leader (term above the
-//!   bootstrap term), this node must not bootstrap: it may be a member whose volume was lost, and
-//!   voting with a forgotten term would be unsafe. It adopts that cluster's id and starts with an
-//!   empty configuration, waiting to be added (as a learner) by the leader;
-//! - otherwise an initial member (`id <= initial_cluster_size`) bootstraps the first
-//!   configuration `1..=initial_cluster_size`. Every initial member writes the same bootstrap
-//!   entry, and the cluster id is derived from `--initial-cluster-token` and that configuration,
-//!   so members that bootstrap at the same moment agree on it without talking;
-//! - a node that is not an initial member keeps asking until it finds the cluster.
+//! with an empty data directory serves both ports at once (Status answers "no cluster yet";
+//! Raft and Kv traffic is refused) and asks its peers for their status, every half second:
+//! - if any of them belongs to a cluster that has elected a leader (term above the bootstrap term,
+//!   or a known leader), this node must not bootstrap: it may be a member whose volume was lost,
+//!   and voting with a forgotten term would be unsafe. It adopts that cluster's id and starts with
+//!   an empty configuration. With no configuration it votes for nobody and never campaigns; the
+//!   leader replicates the log (or a snapshot) to it if it is a member, or once it is added;
+//! - an initial member (`id <= initial_cluster_size`) bootstraps the first configuration
+//!   `1..=initial_cluster_size` only when a quorum of that configuration, itself included, has
+//!   answered that it is fresh. Why a quorum: a cluster that ever elected a leader has a quorum
+//!   of its initial voters at a term above the bootstrap term, so a fresh quorum proves there is
+//!   no such cluster, whereas peers that merely do not answer prove nothing. Every initial
+//!   member writes the same bootstrap entry, and the cluster id is derived from
+//!   `--initial-cluster-token` and the configuration, so they agree without further talk;
+//! - a node that is not an initial member waits until it finds the running cluster.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use raftkv_proto::v1 as pb;
@@ -232,9 +238,17 @@ fn write_cluster_id(dir: &Path, id: &str) -> Result<(), StartError> {
 
 /// What a peer said about its cluster.
 struct PeerView {
+    node_id: NodeId,
     cluster_id: String,
     term: u64,
     leader_id: NodeId,
+}
+
+impl PeerView {
+    /// Part of a cluster that has elected a leader.
+    fn is_running(&self) -> bool {
+        !self.cluster_id.is_empty() && (self.term > 1 || self.leader_id != 0)
+    }
 }
 
 async fn ask_peer(addr: &str) -> Option<PeerView> {
@@ -248,25 +262,74 @@ async fn ask_peer(addr: &str) -> Option<PeerView> {
         .await
         .ok()?
         .into_inner();
-    (!status.cluster_id.is_empty()).then_some(PeerView {
+    Some(PeerView {
+        node_id: status.node_id,
         cluster_id: status.cluster_id,
         term: status.term,
         leader_id: status.leader_id,
     })
 }
 
-/// A cluster that has moved past bootstrap, found among the peers.
-async fn find_running_cluster(peers: &BTreeMap<NodeId, String>) -> Option<String> {
+/// Asks every peer at once; the answers of those that answered.
+async fn ask_peers(peers: &BTreeMap<NodeId, String>) -> Vec<PeerView> {
     let asks = peers
         .values()
         .cloned()
         .map(|addr| async move { ask_peer(&addr).await });
-    let views = futures_join_all(asks).await;
-    views
-        .into_iter()
-        .flatten()
-        .find(|v| v.term > 1 || v.leader_id != 0)
-        .map(|v| v.cluster_id)
+    futures_join_all(asks).await.into_iter().flatten().collect()
+}
+
+/// Decides, for a node with an empty data directory, whether to join a running cluster or to
+/// bootstrap the initial one (see the module docs). Returns the cluster id, and the state to
+/// start from when it bootstrapped.
+async fn bootstrap_or_join(
+    cfg: &NodeConfig,
+    storage: &mut DiskStorage,
+) -> Result<(String, Option<RecoveredState>), StartError> {
+    let others: BTreeMap<NodeId, String> = cfg
+        .peers
+        .iter()
+        .filter(|(id, _)| **id != cfg.id)
+        .map(|(id, a)| (*id, a.clone()))
+        .collect();
+    let size = cfg.initial_cluster_size;
+    let initial = cfg.id <= size;
+    let quorum = size / 2 + 1;
+    let mut rounds = 0u64;
+    loop {
+        let views = ask_peers(&others).await;
+        if let Some(running) = views.iter().find(|v| v.is_running()) {
+            info!(cluster_id = %running.cluster_id, "found a running cluster; waiting for the leader");
+            write_cluster_id(&cfg.data_dir, &running.cluster_id)?;
+            return Ok((running.cluster_id.clone(), None));
+        }
+        let fresh = 1 + views
+            .iter()
+            .filter(|v| v.node_id != cfg.id && v.node_id >= 1 && v.node_id <= size)
+            .count() as u64;
+        if initial && fresh >= quorum {
+            let id = derive_cluster_id(&cfg.initial_cluster_token, size);
+            let boot = RawNode::bootstrap(1..=size);
+            storage.append(&boot.entries)?;
+            storage.set_hard_state(boot.hard_state)?;
+            storage.sync()?;
+            write_cluster_id(&cfg.data_dir, &id)?;
+            info!(cluster_id = %id, size, "bootstrapped a new cluster");
+            return Ok((id, Some(storage.initial_state()?)));
+        }
+        if rounds % 20 == 0 {
+            if initial {
+                info!(
+                    fresh,
+                    quorum, "waiting for a quorum of initial members to answer"
+                );
+            } else {
+                info!("not an initial member: waiting to find the running cluster");
+            }
+        }
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Polls a set of futures to completion concurrently (a tiny `join_all`, to avoid a dependency).
@@ -332,59 +395,69 @@ async fn start_in_span(
     let peer_addr = peer_listener
         .local_addr()
         .map_err(|e| StartError::Listen(e.to_string()))?;
+    if cfg.initial_cluster_size == 0 {
+        return Err(StartError::Invalid(
+            "--initial-cluster-size must be at least 1".into(),
+        ));
+    }
     std::fs::create_dir_all(&cfg.data_dir).map_err(io_err(&cfg.data_dir))?;
     let raft_dir = cfg.data_dir.join("raft");
     let (mut storage, mut recovered) = DiskStorage::open(&raft_dir, DiskOptions::default())?;
     let snapshots = storage.snapshot_store();
 
-    let cluster_id = match (has_state(&recovered), read_cluster_id(&cfg.data_dir)?) {
+    // Serve both ports before deciding which cluster we are in: peers that are deciding too must
+    // be able to ask us (see the module docs). Until `started` is set, Raft and Kv traffic is
+    // refused as UNAVAILABLE and Status says "no cluster yet".
+    let started: Arc<OnceLock<String>> = Arc::default();
+    let (req_tx, req_rx) = mpsc::channel(4096);
+    let (in_tx, in_rx) = mpsc::channel(4096);
+    let (obs_tx, obs_rx) = watch::channel(Observed::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let handle = NodeHandle::new(cfg.id, req_tx, started.clone());
+    let metrics = Metrics::new();
+    let spawned = spawn_servers(
+        &cfg,
+        &handle,
+        &metrics,
+        started.clone(),
+        in_tx.clone(),
+        snapshots.clone(),
+        obs_rx.clone(),
+        stop_rx.clone(),
+        client_listener,
+        peer_listener,
+    )
+    .await;
+    let (servers, metrics_addr) = match spawned {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            return Err(e);
+        }
+    };
+    let stop_servers = |e: StartError| {
+        let _ = stop_tx.send(true);
+        e
+    };
+
+    let on_disk = read_cluster_id(&cfg.data_dir).map_err(stop_servers)?;
+    let cluster_id = match (has_state(&recovered), on_disk) {
         (true, Some(id)) => id,
         (true, None) => {
-            return Err(StartError::Invalid(format!(
+            return Err(stop_servers(StartError::Invalid(format!(
                 "{} holds Raft state but no cluster id; refusing to guess",
                 cfg.data_dir.display()
-            )));
+            ))));
         }
-        (false, Some(id)) => id, // joined before, still waiting to be added
+        (false, Some(id)) => id, // joined before, still waiting for the leader
         (false, None) => {
-            let others: BTreeMap<NodeId, String> = cfg
-                .peers
-                .iter()
-                .filter(|(id, _)| **id != cfg.id)
-                .map(|(id, a)| (*id, a.clone()))
-                .collect();
-            let mut found = find_running_cluster(&others).await;
-            if found.is_none() && cfg.id > cfg.initial_cluster_size {
-                info!("not an initial member: waiting to find the cluster among the peers");
-                while found.is_none() {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    found = find_running_cluster(&others).await;
-                }
+            let (id, state) = bootstrap_or_join(&cfg, &mut storage)
+                .await
+                .map_err(stop_servers)?;
+            if let Some(state) = state {
+                recovered = state;
             }
-            match found {
-                Some(id) => {
-                    info!(cluster_id = %id, "found a running cluster; waiting to be added as a learner");
-                    write_cluster_id(&cfg.data_dir, &id)?;
-                    id
-                }
-                None => {
-                    if cfg.initial_cluster_size == 0 {
-                        return Err(StartError::Invalid(
-                            "--initial-cluster-size must be at least 1 to bootstrap".into(),
-                        ));
-                    }
-                    let id =
-                        derive_cluster_id(&cfg.initial_cluster_token, cfg.initial_cluster_size);
-                    let boot = RawNode::bootstrap(1..=cfg.initial_cluster_size);
-                    storage.append(&boot.entries)?;
-                    storage.set_hard_state(boot.hard_state)?;
-                    storage.sync()?;
-                    write_cluster_id(&cfg.data_dir, &id)?;
-                    info!(cluster_id = %id, size = cfg.initial_cluster_size, "bootstrapped a new cluster");
-                    recovered = storage.initial_state()?;
-                    id
-                }
-            }
+            id
         }
     };
 
@@ -407,13 +480,17 @@ async fn start_in_span(
         use std::io::Read;
         let mut data = Vec::new();
         snapshots
-            .open(meta)?
+            .open(meta)
+            .map_err(|e| stop_servers(e.into()))?
             .read_to_end(&mut data)
-            .map_err(|e| StartError::Invalid(format!("reading snapshot {}: {e}", meta.index)))?;
+            .map_err(|e| StartError::Invalid(format!("reading snapshot {}: {e}", meta.index)))
+            .map_err(stop_servers)?;
         let (snap_book, kv_bytes) = decode_snapshot(data.into())
-            .map_err(|e| StartError::Invalid(format!("snapshot {}: {e}", meta.index)))?;
+            .map_err(|e| StartError::Invalid(format!("snapshot {}: {e}", meta.index)))
+            .map_err(stop_servers)?;
         kv = KvStateMachine::restore(&kv_bytes)
-            .map_err(|e| StartError::Invalid(format!("snapshot {}: {e}", meta.index)))?;
+            .map_err(|e| StartError::Invalid(format!("snapshot {}: {e}", meta.index)))
+            .map_err(stop_servers)?;
         for (id, addrs) in snap_book {
             book.insert(id, addrs);
         }
@@ -444,17 +521,11 @@ async fn start_in_span(
             applied,
         },
     )
-    .map_err(|e| StartError::Invalid(format!("recovered state: {e}")))?;
+    .map_err(|e| StartError::Invalid(format!("recovered state: {e}")))
+    .map_err(stop_servers)?;
 
-    let storage_thread = StorageThread::spawn(storage)?;
+    let storage_thread = StorageThread::spawn(storage).map_err(|e| stop_servers(e.into()))?;
     let storage_handle = storage_thread.handle();
-    let (req_tx, req_rx) = mpsc::channel(4096);
-    let (in_tx, in_rx) = mpsc::channel(4096);
-    let (obs_tx, obs_rx) = watch::channel(Observed::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let handle = NodeHandle::new(req_tx);
-    let metrics = Metrics::new();
-
     let transport = Transport::new(
         cluster_id.clone(),
         cfg.transport.clone(),
@@ -489,32 +560,37 @@ async fn start_in_span(
         result
     });
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let mut health_obs = obs_rx.clone();
-    let mut health_stop = stop_rx.clone();
-    let health_task = crate::spawn(async move {
-        loop {
-            let ready = {
-                let o = health_obs.borrow();
-                o.member && o.leader_id != 0
-            };
-            // The overall ("") service is readiness: a member that knows a leader.
-            if ready {
-                health_reporter
-                    .set_service_status("", tonic_health::ServingStatus::Serving)
-                    .await;
-            } else {
-                health_reporter
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
-            }
-            tokio::select! {
-                r = health_obs.changed() => if r.is_err() { break },
-                _ = health_stop.changed() => break,
-            }
-        }
-    });
+    // From here on, the services accept traffic.
+    let _ = started.set(cluster_id.clone());
+    info!(id = cfg.id, %client_addr, %peer_addr, cluster_id = %cluster_id, "node started");
+    Ok(RunningNode {
+        id: cfg.id,
+        handle,
+        client_addr,
+        peer_addr,
+        cluster_id,
+        metrics_addr,
+        observed: obs_rx,
+        shutdown: stop_tx,
+        driver: driver_task,
+        servers,
+    })
+}
 
+/// Starts the metrics endpoint, the health reporter and both gRPC servers.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
+async fn spawn_servers(
+    cfg: &NodeConfig,
+    handle: &NodeHandle,
+    metrics: &Arc<Metrics>,
+    started: Arc<OnceLock<String>>,
+    in_tx: mpsc::Sender<crate::transport::Inbound>,
+    snapshots: crate::storage::SnapshotStore,
+    obs_rx: watch::Receiver<Observed>,
+    stop_rx: watch::Receiver<bool>,
+    client_listener: TcpListener,
+    peer_listener: TcpListener,
+) -> Result<(Vec<JoinHandle<()>>, Option<SocketAddr>), StartError> {
     let mut servers = Vec::new();
     let metrics_addr = match cfg.listen_metrics {
         Some(addr) => {
@@ -527,22 +603,41 @@ async fn start_in_span(
         }
         None => None,
     };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let mut health_obs = obs_rx;
+    let mut health_stop = stop_rx.clone();
+    servers.push(crate::spawn(async move {
+        loop {
+            let ready = {
+                let o = health_obs.borrow();
+                o.member && o.leader_id != 0
+            };
+            // The overall ("") service is readiness: a member that knows a leader.
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health_reporter.set_service_status("", status).await;
+            tokio::select! {
+                r = health_obs.changed() => if r.is_err() { break },
+                _ = health_stop.changed() => break,
+            }
+        }
+    }));
+
     let kv_service =
         pb::kv_server::KvServer::new(KvService::new(handle.clone()).with_metrics(metrics.clone()))
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let cluster_service =
         pb::cluster_server::ClusterServer::new(ClusterService::new(handle.clone()));
-    let raft_service = pb::raft_server::RaftServer::new(RaftService::new(
-        cfg.id,
-        cluster_id.clone(),
-        in_tx,
-        snapshots,
-    ))
-    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-
-    let client_server = serve(
+    let raft_service =
+        pb::raft_server::RaftServer::new(RaftService::new(cfg.id, started, in_tx, snapshots))
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    servers.push(serve(
         Server::builder()
             .add_service(kv_service)
             .add_service(cluster_service.clone())
@@ -550,8 +645,8 @@ async fn start_in_span(
         client_listener,
         stop_rx.clone(),
         "client",
-    );
-    let peer_server = serve(
+    ));
+    servers.push(serve(
         Server::builder()
             .add_service(raft_service)
             .add_service(cluster_service)
@@ -559,23 +654,8 @@ async fn start_in_span(
         peer_listener,
         stop_rx,
         "peer",
-    );
-    info!(id = cfg.id, %client_addr, %peer_addr, cluster_id = %cluster_id, "node started");
-    Ok(RunningNode {
-        id: cfg.id,
-        handle,
-        client_addr,
-        peer_addr,
-        cluster_id,
-        metrics_addr,
-        observed: obs_rx,
-        shutdown: stop_tx,
-        driver: driver_task,
-        servers: {
-            servers.extend([client_server, peer_server, health_task]);
-            servers
-        },
-    })
+    ));
+    Ok((servers, metrics_addr))
 }
 
 fn serve(

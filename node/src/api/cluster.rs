@@ -65,6 +65,14 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        if self.node.cluster_id().is_none() {
+            // Still deciding whether to bootstrap or join: say so (no cluster id, term 0), so a
+            // peer that is deciding too can count this node as fresh.
+            return Ok(Response::new(pb::StatusResponse {
+                node_id: self.node.id(),
+                ..Default::default()
+            }));
+        }
         let s = self.node.status().await?;
         Ok(Response::new(pb::StatusResponse {
             node_id: s.node_id,

@@ -6,6 +6,7 @@
 //! RESOURCE_EXHAUSTED: the message is dropped, which Raft tolerates.
 
 use std::io::Write;
+use std::sync::{Arc, OnceLock};
 
 use raftkv_proto::v1 as pb;
 use raftkv_raft::NodeId;
@@ -24,16 +25,17 @@ use crate::storage::SnapshotStore;
 #[derive(Clone, Debug)]
 pub struct RaftService {
     id: NodeId,
-    cluster_id: String,
+    /// Set once the node knows its cluster; until then every message is refused.
+    cluster_id: Arc<OnceLock<String>>,
     tx: mpsc::Sender<Inbound>,
     snapshots: SnapshotStore,
 }
 
 impl RaftService {
-    /// Admits messages for node `id` of `cluster_id` into `tx`.
+    /// Admits messages for node `id` of `cluster_id` (once set) into `tx`.
     pub fn new(
         id: NodeId,
-        cluster_id: String,
+        cluster_id: Arc<OnceLock<String>>,
         tx: mpsc::Sender<Inbound>,
         snapshots: SnapshotStore,
     ) -> Self {
@@ -46,10 +48,13 @@ impl RaftService {
     }
 
     fn check(&self, h: &Header) -> Result<(), Status> {
-        if h.cluster_id != self.cluster_id {
+        let Some(cluster_id) = self.cluster_id.get() else {
+            return Err(Status::unavailable("the node is starting"));
+        };
+        if h.cluster_id != *cluster_id {
             return Err(Status::failed_precondition(format!(
                 "cluster id mismatch: message for cluster {:?}, this node belongs to {:?}",
-                h.cluster_id, self.cluster_id
+                h.cluster_id, cluster_id
             )));
         }
         if h.to != self.id {
