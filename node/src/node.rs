@@ -317,7 +317,7 @@ async fn bootstrap_or_join(
             info!(cluster_id = %id, size, "bootstrapped a new cluster");
             return Ok((id, Some(storage.initial_state()?)));
         }
-        if rounds % 20 == 0 {
+        if rounds.is_multiple_of(20) {
             if initial {
                 info!(
                     fresh,
