@@ -4,6 +4,7 @@
 //! - [`kv`]: the replicated key-value state machine with client sessions for exactly-once writes;
 //! - [`storage`]: the write-ahead log, hard state and snapshot files, behind a trait that also has
 //!   an in-memory implementation, with group commit on a dedicated thread;
+//! - [`discovery`]: static peers, or a StatefulSet's pods by DNS name;
 //! - [`members`]: member addresses, and the framing of entries and snapshots that carries them;
 //! - [`transport`]: gRPC messaging between peers (`raftkv.v1.Raft`);
 //! - [`api`]: the client-facing `Kv` and `Cluster` services;
@@ -16,6 +17,7 @@
 //! and `node` do.
 
 pub mod api;
+pub mod discovery;
 mod driver;
 pub mod error;
 pub mod handle;

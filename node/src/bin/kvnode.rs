@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use raftkv_node::discovery::Discovery;
 use raftkv_node::transport::TransportConfig;
 use raftkv_node::{DriverConfig, NodeConfig};
 use tracing::{error, info, warn};
@@ -22,9 +23,20 @@ use tracing::{error, info, warn};
 #[command(name = "kvnode", version, about, long_about = None, verbatim_doc_comment)]
 struct Args {
     /// This node's id, at least 1 and stable for the node's life. Initial members are
-    /// 1..=--initial-cluster-size.
+    /// 1..=--initial-cluster-size. With --discovery dns:... it defaults to the pod's
+    /// StatefulSet ordinal + 1 (kv-2 -> 3).
     #[arg(long)]
-    id: u64,
+    id: Option<u64>,
+
+    /// How to find peers: `static` (use --peers) or `dns:<headless-service-fqdn>` for a
+    /// StatefulSet: peers are <statefulset>-<ordinal>.<fqdn> on the peer port, names resolved
+    /// again on every reconnect.
+    #[arg(long, default_value = "static")]
+    discovery: raftkv_node::discovery::Discovery,
+
+    /// The pod's hostname for --discovery dns (default: $HOSTNAME, else the kernel's).
+    #[arg(long)]
+    hostname: Option<String>,
 
     /// Address the client port (Kv, Cluster and health services) listens on.
     #[arg(long, default_value = "127.0.0.1:7001")]
@@ -173,17 +185,66 @@ fn main() -> ExitCode {
     runtime.block_on(run(args))
 }
 
+/// The node's id, peers and advertised addresses, from the flags and the discovery mode.
+fn identity(args: &Args) -> Result<(u64, BTreeMap<u64, String>, String, String), String> {
+    let mut peers: BTreeMap<u64, String> = args.peers.iter().cloned().collect();
+    match &args.discovery {
+        Discovery::Static => {
+            let id = args
+                .id
+                .ok_or("--id is required (or use --discovery dns:<headless-service>)")?;
+            let advertise_client = args
+                .advertise_client
+                .clone()
+                .unwrap_or_else(|| args.listen_client.to_string());
+            let advertise_peer = args
+                .advertise_peer
+                .clone()
+                .or_else(|| peers.get(&id).cloned())
+                .unwrap_or_else(|| args.listen_peer.to_string());
+            Ok((id, peers, advertise_client, advertise_peer))
+        }
+        Discovery::Dns { service } => {
+            let hostname = args
+                .hostname
+                .clone()
+                .or_else(raftkv_node::discovery::local_hostname)
+                .ok_or("cannot tell this machine's hostname; pass --hostname")?;
+            let plan = raftkv_node::discovery::dns_plan(
+                &hostname,
+                service,
+                args.listen_peer.port(),
+                args.listen_client.port(),
+                args.initial_cluster_size,
+            )?;
+            let id = args.id.unwrap_or(plan.id);
+            for (pid, addr) in plan.peers {
+                peers.entry(pid).or_insert(addr);
+            }
+            Ok((
+                id,
+                peers,
+                args.advertise_client
+                    .clone()
+                    .unwrap_or(plan.advertise_client),
+                args.advertise_peer.clone().unwrap_or(plan.advertise_peer),
+            ))
+        }
+    }
+}
+
 async fn run(args: Args) -> ExitCode {
-    let peers: BTreeMap<u64, String> = args.peers.into_iter().collect();
+    let (id, peers, advertise_client, advertise_peer) = match identity(&args) {
+        Ok(x) => x,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = NodeConfig {
-        id: args.id,
-        advertise_client: args
-            .advertise_client
-            .unwrap_or_else(|| args.listen_client.to_string()),
-        advertise_peer: args
-            .advertise_peer
-            .or_else(|| peers.get(&args.id).cloned())
-            .unwrap_or_else(|| args.listen_peer.to_string()),
+        id,
+        advertise_client,
+        advertise_peer,
         peers,
         data_dir: args.data_dir,
         initial_cluster_size: args.initial_cluster_size,
