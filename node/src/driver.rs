@@ -57,6 +57,9 @@ pub struct DriverConfig {
     pub snapshot_entries: u64,
     /// Most writes and reads waiting at once before new ones are refused as overloaded.
     pub max_pending: usize,
+    /// A deliberate bug to switch on (see [`crate::planted`]).
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<crate::planted::PlantedBug>,
 }
 
 impl DriverConfig {
@@ -79,6 +82,8 @@ impl Default for DriverConfig {
             election_ticks: 10,
             snapshot_entries: 10_000,
             max_pending: 10_000,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
         }
     }
 }
@@ -159,6 +164,9 @@ pub(crate) struct Driver {
     proposals: BTreeMap<Index, (Term, Waiter)>,
     /// When each client write was proposed, for the proposal latency histogram.
     proposed_at: BTreeMap<Index, Instant>,
+    /// Planted bug `ack-before-fsync`: batches are written 200 ms after they were acknowledged.
+    #[cfg(feature = "planted-bugs")]
+    write_behind: Option<mpsc::UnboundedSender<(Instant, WriteBatch)>>,
     reads_by_ctx: BTreeMap<u64, PendingRead>,
     reads_waiting_apply: Vec<(Index, PendingRead)>,
     next_read_ctx: u64,
@@ -176,7 +184,7 @@ pub(crate) struct Driver {
 impl Driver {
     pub(crate) fn new(p: DriverParts) -> Self {
         let snapshot_index = p.raw.first_index().saturating_sub(1);
-        Self {
+        let mut driver = Self {
             id: p.id,
             cluster_id: p.cluster_id,
             raw: p.raw,
@@ -193,6 +201,8 @@ impl Driver {
             metrics: p.metrics,
             proposals: BTreeMap::new(),
             proposed_at: BTreeMap::new(),
+            #[cfg(feature = "planted-bugs")]
+            write_behind: None,
             reads_by_ctx: BTreeMap::new(),
             reads_waiting_apply: Vec::new(),
             next_read_ctx: 1,
@@ -202,7 +212,38 @@ impl Driver {
             received: BTreeMap::new(),
             snapshot_index,
             published_at: None,
+        };
+        driver.plant_bugs();
+        driver
+    }
+
+    /// Switches on the configured planted bug's hooks (feature `planted-bugs`).
+    #[cfg(feature = "planted-bugs")]
+    fn plant_bugs(&mut self) {
+        use crate::planted::PlantedBug;
+        match self.cfg.planted_bug {
+            Some(PlantedBug::SessionNoDedup) => self.kv.plant_no_dedup(),
+            Some(PlantedBug::AckBeforeFsync) if self.write_behind.is_none() => {
+                let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, WriteBatch)>();
+                let storage = self.storage.clone();
+                crate::spawn(async move {
+                    while let Some((at, batch)) = rx.recv().await {
+                        tokio::time::sleep_until((at + Duration::from_millis(200)).into()).await;
+                        storage.submit(batch, |_| {});
+                    }
+                });
+                self.write_behind = Some(tx);
+            }
+            _ => {}
         }
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    fn plant_bugs(&mut self) {}
+
+    #[cfg(feature = "planted-bugs")]
+    fn bug(&self, bug: crate::planted::PlantedBug) -> bool {
+        self.cfg.planted_bug == Some(bug)
     }
 
     /// Runs until `shutdown` turns true or storage fails.
@@ -406,6 +447,12 @@ impl Driver {
             )));
             return;
         }
+        #[cfg(feature = "planted-bugs")]
+        if self.bug(crate::planted::PlantedBug::StaleRead) && self.raw.role() == Role::Leader {
+            let result = self.execute(&read.query);
+            let _ = read.reply.send(Ok(result));
+            return;
+        }
         match consistency {
             Consistency::Stale => {
                 let result = self.execute(&read.query);
@@ -541,6 +588,14 @@ impl Driver {
             entries: rd.entries.clone(),
             hard_state: rd.hard_state,
         };
+        #[cfg(feature = "planted-bugs")]
+        let batch = match &self.write_behind {
+            Some(tx) if !batch.is_empty() => {
+                let _ = tx.send((Instant::now(), batch));
+                WriteBatch::default()
+            }
+            _ => batch,
+        };
         if !batch.is_empty() {
             let (tx, rx) = oneshot::channel();
             let started = Instant::now();
@@ -603,6 +658,7 @@ impl Driver {
             .map_err(|e| NodeError::Internal(format!("snapshot {}: {e}", meta.index)))?;
         self.kv = KvStateMachine::restore(&kv)
             .map_err(|e| NodeError::Internal(format!("snapshot {}: {e}", meta.index)))?;
+        self.plant_bugs();
         self.book.extend(book);
         self.snapshot_index = meta.index;
         self.sync_transport_peers();

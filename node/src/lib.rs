@@ -25,6 +25,8 @@ pub mod kv;
 pub mod members;
 pub mod metrics;
 pub mod node;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod storage;
 pub mod transport;
 

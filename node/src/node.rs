@@ -511,6 +511,10 @@ async fn start_in_span(
     raft_cfg.seed = cfg.seed.unwrap_or_else(random_seed);
     // A single message must carry the largest entry (1 MiB value + key + session).
     raft_cfg.max_size_per_msg = 2 << 20;
+    #[cfg(feature = "planted-bugs")]
+    if let Some(crate::planted::PlantedBug::Core(bug)) = cfg.driver.planted_bug {
+        raft_cfg.bug = Some(bug);
+    }
     let applied = recovered.snapshot.as_ref().map_or(0, |s| s.index);
     let raw = RawNode::new(
         raft_cfg,

@@ -98,6 +98,11 @@ struct Args {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
+    /// Switch on a deliberate bug by name, to prove the fault-injection tests catch it.
+    #[cfg(feature = "planted-bugs")]
+    #[arg(long, hide = true)]
+    planted_bug: Option<raftkv_node::planted::PlantedBug>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or raftkv_node=debug.
     #[arg(long, default_value = "info")]
     log: String,
@@ -253,6 +258,8 @@ async fn run(args: Args) -> ExitCode {
             tick: args.tick,
             election_ticks: args.election_ticks,
             snapshot_entries: args.snapshot_entries,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: args.planted_bug,
             ..DriverConfig::default()
         },
         transport: TransportConfig {

@@ -291,6 +291,9 @@ impl KvStateMachine {
             data,
             sessions,
             applied,
+            // Not replicated state: the driver plants it again after a restore.
+            #[cfg(feature = "planted-bugs")]
+            no_dedup: false,
         })
     }
 }

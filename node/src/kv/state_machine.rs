@@ -208,6 +208,9 @@ pub struct KvStateMachine {
     pub(super) data: BTreeMap<Bytes, Stored>,
     pub(super) sessions: SessionTable,
     pub(super) applied: Index,
+    /// Planted bug `session-no-dedup`: retries are applied again.
+    #[cfg(feature = "planted-bugs")]
+    pub(super) no_dedup: bool,
 }
 
 impl Default for KvStateMachine {
@@ -230,7 +233,15 @@ impl KvStateMachine {
             data: BTreeMap::new(),
             sessions: SessionTable::new(config),
             applied: 0,
+            #[cfg(feature = "planted-bugs")]
+            no_dedup: false,
         }
+    }
+
+    /// Switches on the planted bug `session-no-dedup` (see `crate::planted`).
+    #[cfg(feature = "planted-bugs")]
+    pub fn plant_no_dedup(&mut self) {
+        self.no_dedup = true;
     }
 
     /// The index of the last entry applied (0: none).
@@ -286,6 +297,10 @@ impl KvStateMachine {
     pub fn apply(&mut self, index: Index, cmd: &Command) -> Result<ApplyResult, OutOfOrder> {
         self.advance(index)?;
         if cmd.client_id.is_empty() {
+            return Ok(Ok(self.write(index, &cmd.op)));
+        }
+        #[cfg(feature = "planted-bugs")]
+        if self.no_dedup {
             return Ok(Ok(self.write(index, &cmd.op)));
         }
         let fingerprint = cmd.op.fingerprint();
