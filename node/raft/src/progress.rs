@@ -103,6 +103,13 @@ impl Progress {
         if self.next == 0 || self.next - 1 != rejected {
             return false;
         }
+        if rejected <= self.matched {
+            // The follower rejects an entry it once acknowledged: it lost its log (a wiped
+            // volume — outside Raft's model, but it happens). Forget what we knew; lowering
+            // `matched` is always safe, since the commit index never moves back, and the log is
+            // sent again from the follower's hint.
+            self.matched = 0;
+        }
         self.next = rejected.min(hint_next).max(self.matched + 1);
         self.paused = false;
         true

@@ -1106,3 +1106,30 @@ fn failed_snapshot_is_retried() {
     c.tick_all(3);
     assert_eq!(c.node(3).commit_index(), c.node(1).commit_index());
 }
+
+/// Outside the Raft model, but it happens: a voter's disk is wiped and it restarts empty. It
+/// rejects appends at indexes it once acknowledged; the leader must notice (it may lower
+/// `matched`: the commit index never moves back) and send the log again, or the cluster would
+/// silently run without that replica.
+#[test]
+fn follower_that_lost_its_log_is_caught_up_again() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for _ in 0..5 {
+        c.propose(1, b"x").expect("leader");
+    }
+    let last = c.node(1).last_index();
+    assert_eq!(c.node(1).status().progress[&3].match_index, last);
+    // Node 3 loses everything and restarts empty.
+    c.queue.retain(|m| m.to != 3 && m.from != 3);
+    c.disks.insert(3, Disk::default());
+    c.restart(3);
+    c.propose(1, b"after").expect("leader");
+    c.tick_all(5);
+    assert_eq!(c.node(3).last_index(), c.node(1).last_index());
+    assert_eq!(c.node(3).conf_state(), c.node(1).conf_state());
+    assert_eq!(
+        c.node(1).status().progress[&3].match_index,
+        c.node(1).last_index()
+    );
+}

@@ -1,0 +1,1416 @@
+//! A harness for multi-process tests: real `kvnode` processes on 127.0.0.1 (DESIGN.md §8.3).
+//!
+//! - [`Cluster`]: starts `n` nodes, each with its own ports, data dir and log file inside one
+//!   temporary directory, and offers the faults a test needs: [`Cluster::kill9`],
+//!   [`Cluster::sigstop`] / [`Cluster::sigcont`], [`Cluster::sigterm`] (waits for the exit
+//!   status), [`Cluster::restart`] (same data dir, same ports), [`Cluster::add_node`] (a new, empty
+//!   node that finds the cluster and waits to be added); and what it needs to look at the cluster:
+//!   [`Cluster::status`] of one node, [`Cluster::leader`] (agreed by a quorum),
+//!   [`Cluster::wait_voter`], [`Cluster::wait_caught_up`], [`Cluster::client`].
+//! - [`Writers`] / [`History`]: concurrent writers that put unique keys with unique values and
+//!   record every outcome (acknowledged, unknown, failed) with its time, and the check that the
+//!   cluster holds exactly what the history allows.
+//! - [`wait_for`]: the one polling loop every "eventually" in a test goes through.
+//!
+//! Hygiene, and why:
+//! - Ports are picked at random *below* the kernel's ephemeral range and checked by binding: the
+//!   ephemeral range is where `bind(:0)` in other tests and every outgoing connection take their
+//!   ports, so a port picked there could be gone again by the time `kvnode` (re)binds it. A start
+//!   that still loses a port race (the node exits with "Address already in use") is retried with
+//!   fresh ports; a restart retries the same ports for a while.
+//! - Every cluster gets a unique `--initial-cluster-token`, hence a unique cluster id, and a node
+//!   counts as started only when it answers `Cluster.Status` with its id *and* that cluster id —
+//!   so a test can never mistake another test's process for its own.
+//! - Each node's stdout and stderr go to `node-<id>.log` in the temporary directory (appended
+//!   across restarts, with a header line per start). When a test panics, [`Cluster`]'s `Drop`
+//!   prints the tail of every log; set `RAFTKV_KEEP_TEST_DIR=1` to keep the directory, and
+//!   e.g. `RAFTKV_TEST_LOG=raftkv_node=debug` (an EnvFilter; plain `debug` adds the h2 frames)
+//!   for more detailed node logs.
+//! - Children are killed (SIGKILL) and reaped in `Drop`, also while a test panics. If the test
+//!   process itself is SIGKILLed (a CI timeout), `Drop` never runs; for that case every node has a
+//!   tiny watchdog (`sh`) reading a pipe from the test process: when the pipe closes, it kills
+//!   the node, so no orphaned `kvnode` keeps ports and CPU busy.
+//!
+//! ```ignore
+//! let mut cluster = Cluster::start(3).await;
+//! let leader = cluster.leader().await;
+//! cluster.kill9(leader);
+//! let new_leader = wait_for("a new leader", Duration::from_secs(15), async || {
+//!     cluster.try_leader().await.filter(|&l| l != leader)
+//! }).await;
+//! cluster.restart(leader).await;
+//! ```
+
+// Each test file uses a different part of this harness.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use raftkv_client::{Client, ClientOptions, Consistency, KeyValue};
+use raftkv_proto::v1 as pb;
+use tempfile::TempDir;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+/// The node binary under test, built by cargo for this package's integration tests.
+pub const KVNODE: &str = env!("CARGO_BIN_EXE_kvnode");
+
+/// How long one `Cluster.Status` call may take. A SIGSTOPped node never answers, and a poll
+/// must not hang on it.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often [`wait_for`] probes.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Lines of each node's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+/// How many times a start that lost a port race is retried.
+const PORT_RETRIES: u32 = 5;
+
+/// How the nodes of a [`Cluster`] run. [`Default`] is a fast but realistic configuration with
+/// bounds generous enough for a loaded 2-core machine.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// `--tick`: one Raft tick (the heartbeat interval).
+    pub tick: Duration,
+    /// `--election-ticks`: the minimum election timeout in ticks.
+    pub election_ticks: u64,
+    /// `--snapshot-entries`: snapshot and compact the log every this many applied entries.
+    pub snapshot_entries: u64,
+    /// `--log`: the nodes' log filter. The environment variable `RAFTKV_TEST_LOG` overrides it.
+    pub log_filter: String,
+    /// More flags for every node, e.g. `["--peer-timeout", "1s"]`.
+    pub extra_args: Vec<String>,
+    /// How long a process may take to answer `Cluster.Status` after it was spawned.
+    pub ready_timeout: Duration,
+    /// How long [`Cluster::leader`] waits for a leader.
+    pub leader_timeout: Duration,
+    /// How long a node may take to exit after SIGTERM.
+    pub stop_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            // 50 ms x 10: elections after 0.5-1 s of silence. Fast enough that a failover test
+            // takes seconds, slow enough that a busy 2-core machine rarely misses heartbeats.
+            tick: Duration::from_millis(50),
+            election_ticks: 10,
+            snapshot_entries: 10_000,
+            log_filter: "info".to_owned(),
+            extra_args: Vec::new(),
+            ready_timeout: Duration::from_secs(30),
+            leader_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Client options for tests: a long call budget (a failover must not turn writes into unknown
+/// outcomes needlessly) but short attempts, so that a hung (SIGSTOPped) node costs little.
+pub fn test_client_options() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(10),
+        attempt_timeout: Duration::from_millis(1500),
+        connect_timeout: Duration::from_millis(500),
+        ..ClientOptions::default()
+    }
+}
+
+/// A set of `kvnode` processes forming one cluster. See the module docs.
+pub struct Cluster {
+    /// `None` only while `Drop` decides whether to keep it.
+    dir: Option<TempDir>,
+    root: PathBuf,
+    opts: ClusterOptions,
+    initial_size: u64,
+    token: String,
+    cluster_id: String,
+    created: Instant,
+    nodes: BTreeMap<u64, Node>,
+}
+
+/// One node: its fixed identity (ports, data dir, log) and its current process, if any.
+struct Node {
+    id: u64,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    /// `--peers` as given at the first start; restarts reuse it (the log knows the rest).
+    peers: String,
+    /// To the client port, for `Cluster.Status`. Reconnects by itself after a restart.
+    channel: Channel,
+    process: Option<Process>,
+    /// SIGSTOPped and not yet continued: polls skip it instead of waiting for a timeout.
+    stopped: bool,
+    /// Removed from the configuration: no longer an endpoint or a leader candidate.
+    retired: bool,
+    starts: u32,
+    /// Every exit status seen, in order.
+    exits: Vec<ExitStatus>,
+    /// Where the current start's output begins in the log, to read only its own lines.
+    log_offset: u64,
+}
+
+/// A running `kvnode` and its watchdog.
+struct Process {
+    child: Child,
+    watchdog: Option<Watchdog>,
+}
+
+/// `sh -c 'read; kill -KILL <pid>'` with its stdin a pipe from this process: if the test process
+/// dies without running `Drop`, the pipe closes and the node is killed. Disarmed (killed) before
+/// the node is reaped, so it can never signal a recycled pid.
+struct Watchdog(Child);
+
+impl Watchdog {
+    fn spawn(pid: u32) -> Option<Self> {
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"read -r _; kill -KILL "$1" 2>/dev/null"#)
+            .arg("raftkv-test-watchdog")
+            .arg(pid.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()
+            .map(Watchdog)
+    }
+
+    fn disarm(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Why a spawned process did not come up.
+#[derive(Debug)]
+enum StartFailure {
+    /// It exited because a port was taken; worth retrying.
+    PortInUse,
+    /// It exited for another reason.
+    Exited(ExitStatus),
+    /// It neither exited nor answered in time.
+    Timeout,
+}
+
+impl Cluster {
+    /// Starts `n` nodes (ids `1..=n`) with [`ClusterOptions::default`] and waits for a leader.
+    pub async fn start(n: u64) -> Cluster {
+        Self::start_with(n, ClusterOptions::default()).await
+    }
+
+    /// Starts `n` nodes (ids `1..=n`, `--initial-cluster-size n`) and waits until every node
+    /// answers and a quorum agrees on a leader. Panics (printing the logs) if that fails.
+    pub async fn start_with(n: u64, opts: ClusterOptions) -> Cluster {
+        assert!(n >= 1, "a cluster needs at least one node");
+        let dir = tempfile::Builder::new()
+            .prefix("raftkv-proc-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let root = dir.path().to_path_buf();
+        let token = format!("proc-test-{}-{:016x}", std::process::id(), random_u64());
+        let cluster_id = raftkv_node::node::derive_cluster_id(&token, n);
+        let mut cluster = Cluster {
+            dir: Some(dir),
+            root,
+            opts,
+            initial_size: n,
+            token,
+            cluster_id,
+            created: Instant::now(),
+            nodes: BTreeMap::new(),
+        };
+        let started = Instant::now();
+        for attempt in 1..=PORT_RETRIES {
+            let ports = reserve_ports(2 * n as usize);
+            let peers = (1..=n)
+                .map(|id| format!("{id}=127.0.0.1:{}", ports[(n + id - 1) as usize]))
+                .collect::<Vec<_>>()
+                .join(",");
+            for id in 1..=n {
+                let node = cluster.new_node(
+                    id,
+                    ports[(id - 1) as usize],
+                    ports[(n + id - 1) as usize],
+                    peers.clone(),
+                );
+                cluster.nodes.insert(id, node);
+                cluster.spawn(id);
+            }
+            let mut port_race = false;
+            for id in 1..=n {
+                match cluster.wait_started(id).await {
+                    Ok(()) => {}
+                    Err(StartFailure::PortInUse) => {
+                        // The others may wait for it in vain (bootstrap needs a quorum).
+                        port_race = true;
+                        break;
+                    }
+                    Err(other) => panic!("node {id} did not start: {other:?}"),
+                }
+            }
+            if !port_race {
+                break;
+            }
+            assert!(
+                attempt < PORT_RETRIES,
+                "lost a port race {PORT_RETRIES} times"
+            );
+            // Start over with fresh ports and empty data dirs: the peers lists name the ports.
+            eprintln!("[harness] a port was taken; starting the cluster again with new ports");
+            cluster.kill_all();
+            for node in std::mem::take(&mut cluster.nodes).into_values() {
+                let _ = fs::remove_dir_all(&node.data_dir);
+            }
+        }
+        let leader = cluster.leader().await;
+        eprintln!(
+            "[harness] {n} nodes started in {:.2?}, leader {leader}, dir {}",
+            started.elapsed(),
+            cluster.root.display()
+        );
+        cluster
+    }
+
+    fn new_node(&self, id: u64, client_port: u16, peer_port: u16, peers: String) -> Node {
+        let client_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, client_port));
+        let peer_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, peer_port));
+        let channel = Endpoint::from_shared(format!("http://{client_addr}"))
+            .expect("a valid URI")
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(STATUS_TIMEOUT)
+            .connect_lazy();
+        Node {
+            id,
+            client_addr,
+            peer_addr,
+            data_dir: self.root.join(format!("node-{id}")),
+            log_path: self.root.join(format!("node-{id}.log")),
+            peers,
+            channel,
+            process: None,
+            stopped: false,
+            retired: false,
+            starts: 0,
+            exits: Vec::new(),
+            log_offset: 0,
+        }
+    }
+
+    /// Spawns node `id`'s process with its fixed flags. Does not wait for it.
+    fn spawn(&mut self, id: u64) {
+        let elapsed = self.created.elapsed();
+        let opts = self.opts.clone();
+        let initial_size = self.initial_size;
+        let token = self.token.clone();
+        let node = self.node_mut(id);
+        assert!(node.process.is_none(), "node {id} is already running");
+        let log_filter = std::env::var("RAFTKV_TEST_LOG").unwrap_or(opts.log_filter);
+        let mut args: Vec<String> = vec![
+            "--id".into(),
+            id.to_string(),
+            "--listen-client".into(),
+            node.client_addr.to_string(),
+            "--listen-peer".into(),
+            node.peer_addr.to_string(),
+            "--advertise-client".into(),
+            node.client_addr.to_string(),
+            "--advertise-peer".into(),
+            node.peer_addr.to_string(),
+            "--peers".into(),
+            node.peers.clone(),
+            "--data-dir".into(),
+            node.data_dir.display().to_string(),
+            "--initial-cluster-size".into(),
+            initial_size.to_string(),
+            "--initial-cluster-token".into(),
+            token,
+            "--tick".into(),
+            format!("{}ms", opts.tick.as_millis()),
+            "--election-ticks".into(),
+            opts.election_ticks.to_string(),
+            "--snapshot-entries".into(),
+            opts.snapshot_entries.to_string(),
+            "--log".into(),
+            log_filter,
+        ];
+        args.extend(opts.extra_args);
+        node.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .expect("open the node's log file");
+        node.log_offset = log.metadata().map_or(0, |m| m.len());
+        let _ = writeln!(
+            log,
+            "==== harness: start #{} of node {id} at +{elapsed:.3?}: {KVNODE} {}",
+            node.starts,
+            args.join(" ")
+        );
+        let stderr = log.try_clone().expect("duplicate the log file handle");
+        let child = Command::new(KVNODE)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .env("RUST_BACKTRACE", "1")
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {KVNODE}: {e}"));
+        let watchdog = Watchdog::spawn(child.id());
+        node.process = Some(Process { child, watchdog });
+        node.stopped = false;
+    }
+
+    /// Waits until node `id` answers `Cluster.Status` as itself in this cluster, or exits.
+    async fn wait_started(&mut self, id: u64) -> Result<(), StartFailure> {
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        loop {
+            if let Some(status) = self.reap_if_exited(id) {
+                return Err(if self.log_says_port_in_use(id) {
+                    StartFailure::PortInUse
+                } else {
+                    StartFailure::Exited(status)
+                });
+            }
+            if self.status(id).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(StartFailure::Timeout);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    fn log_says_port_in_use(&self, id: u64) -> bool {
+        let node = self.node(id);
+        read_log_from(&node.log_path, node.log_offset).contains("Address already in use")
+    }
+
+    // ----- identity ------------------------------------------------------------------------
+
+    /// The ids of every node this cluster has started, retired ones included.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The ids of the nodes that are still meant to be members (not [`Cluster::retire`]d).
+    pub fn member_ids(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| !n.retired)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Node `id`'s client address.
+    pub fn client_addr(&self, id: u64) -> SocketAddr {
+        self.node(id).client_addr
+    }
+
+    /// Node `id`'s peer address.
+    pub fn peer_addr(&self, id: u64) -> SocketAddr {
+        self.node(id).peer_addr
+    }
+
+    /// Node `id`'s client address as the client library names it (`http://host:port`), e.g. to
+    /// compare with [`Client::leader`].
+    pub fn client_uri(&self, id: u64) -> String {
+        format!("http://{}", self.node(id).client_addr)
+    }
+
+    /// The id of the node whose client URI is `uri` (see [`Cluster::client_uri`]).
+    pub fn id_of_uri(&self, uri: &str) -> Option<u64> {
+        self.nodes
+            .values()
+            .find(|n| format!("http://{}", n.client_addr) == uri)
+            .map(|n| n.id)
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.node(id).data_dir
+    }
+
+    /// Node `id`'s log file.
+    pub fn log_path(&self, id: u64) -> &Path {
+        &self.node(id).log_path
+    }
+
+    /// The cluster id every node must report.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Whether node `id` has a live process (running or SIGSTOPped). Reaps it if it exited.
+    pub fn is_running(&mut self, id: u64) -> bool {
+        let _ = self.reap_if_exited(id);
+        self.node(id).process.is_some()
+    }
+
+    /// The process id of node `id`, if it is running.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).process.as_ref().map(|p| p.child.id())
+    }
+
+    /// Every exit status node `id` has had, in order.
+    pub fn exits(&self, id: u64) -> &[ExitStatus] {
+        &self.node(id).exits
+    }
+
+    /// The client addresses of the member nodes (running or not): what a client is configured
+    /// with.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.member_ids()
+            .into_iter()
+            .map(|id| self.client_addr(id).to_string())
+            .collect()
+    }
+
+    /// A client for the member nodes, with [`test_client_options`].
+    pub async fn client(&self) -> Client {
+        Client::connect(self.endpoints(), test_client_options())
+            .await
+            .expect("client for the cluster")
+    }
+
+    /// A client that talks only to node `id` (e.g. for its STALE reads).
+    pub async fn client_of(&self, id: u64) -> Client {
+        Client::connect(
+            vec![self.client_addr(id).to_string()],
+            test_client_options(),
+        )
+        .await
+        .expect("client for one node")
+    }
+
+    /// Marks node `id` as no longer a member (after `RemoveMember`): it stops being an endpoint
+    /// of [`Cluster::client`] and a candidate of [`Cluster::leader`]. Its process is untouched.
+    pub fn retire(&mut self, id: u64) {
+        self.node_mut(id).retired = true;
+    }
+
+    // ----- faults --------------------------------------------------------------------------
+
+    /// SIGKILL: the process dies at once, without any clean-up (what it wrote but did not fsync
+    /// survives in the page cache; only a machine crash would lose that). Returns when it has
+    /// been reaped.
+    pub fn kill9(&mut self, id: u64) -> ExitStatus {
+        let node = self.node_mut(id);
+        let mut process = node
+            .process
+            .take()
+            .unwrap_or_else(|| panic!("kill9: node {id} is not running"));
+        if let Some(w) = process.watchdog.take() {
+            w.disarm();
+        }
+        // SIGKILL works on a stopped process too.
+        let _ = process.child.kill();
+        let status = process.child.wait().expect("reap a killed node");
+        node.stopped = false;
+        node.exits.push(status);
+        status
+    }
+
+    /// SIGKILL to every running node at once (a power cut), then reaps them.
+    pub fn kill9_all(&mut self) {
+        let running: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|n| n.process.is_some())
+            .map(|n| n.id)
+            .collect();
+        for &id in &running {
+            if let Some(pid) = self.pid(id) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+        }
+        for id in running {
+            self.kill9(id);
+        }
+    }
+
+    /// SIGSTOP: the process freezes (no ticks, no replies) but keeps its connections, like a
+    /// long GC pause or a hung VM.
+    pub fn sigstop(&mut self, id: u64) {
+        self.signal(id, Signal::SIGSTOP);
+        self.node_mut(id).stopped = true;
+    }
+
+    /// SIGCONT: a SIGSTOPped process resumes.
+    pub fn sigcont(&mut self, id: u64) {
+        self.signal(id, Signal::SIGCONT);
+        self.node_mut(id).stopped = false;
+    }
+
+    /// SIGTERM, then waits (up to [`ClusterOptions::stop_timeout`]) for the process to exit and
+    /// returns its status. A leader hands leadership over before it exits. Panics if the process
+    /// does not exit in time (after killing it).
+    pub async fn sigterm(&mut self, id: u64) -> ExitStatus {
+        self.send_sigterm(id);
+        self.wait_exit(id).await
+    }
+
+    /// SIGTERM to every running node at once, then waits for all of them. Returns each exit
+    /// status.
+    pub async fn sigterm_all(&mut self) -> BTreeMap<u64, ExitStatus> {
+        let running: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|n| n.process.is_some())
+            .map(|n| n.id)
+            .collect();
+        for &id in &running {
+            self.send_sigterm(id);
+        }
+        let mut out = BTreeMap::new();
+        for id in running {
+            out.insert(id, self.wait_exit(id).await);
+        }
+        out
+    }
+
+    fn send_sigterm(&mut self, id: u64) {
+        self.signal(id, Signal::SIGTERM);
+        // A stopped process would keep the SIGTERM pending for ever.
+        if self.node(id).stopped {
+            self.sigcont(id);
+        }
+    }
+
+    async fn wait_exit(&mut self, id: u64) -> ExitStatus {
+        let deadline = Instant::now() + self.opts.stop_timeout;
+        loop {
+            if let Some(status) = self.reap_if_exited(id) {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill9(id);
+                panic!(
+                    "node {id} did not exit within {:?} of SIGTERM",
+                    self.opts.stop_timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, id: u64, signal: Signal) {
+        let pid = self
+            .pid(id)
+            .unwrap_or_else(|| panic!("{signal}: node {id} is not running"));
+        kill(Pid::from_raw(pid as i32), signal)
+            .unwrap_or_else(|e| panic!("{signal} to node {id} (pid {pid}): {e}"));
+    }
+
+    /// If node `id`'s process has exited, reaps it and returns its status.
+    fn reap_if_exited(&mut self, id: u64) -> Option<ExitStatus> {
+        let node = self.node_mut(id);
+        let process = node.process.as_mut()?;
+        let status = process.child.try_wait().ok()??;
+        if let Some(mut p) = node.process.take()
+            && let Some(w) = p.watchdog.take()
+        {
+            w.disarm();
+        }
+        node.stopped = false;
+        node.exits.push(status);
+        Some(status)
+    }
+
+    /// Starts node `id` again on its data dir and ports, and waits until it answers. Retries for
+    /// a while if a port is still taken (a socket of the old process lingering).
+    pub async fn restart(&mut self, id: u64) {
+        assert!(
+            !self.is_running(id),
+            "restart: node {id} is still running; kill it first"
+        );
+        for attempt in 1..=PORT_RETRIES {
+            self.spawn(id);
+            match self.wait_started(id).await {
+                Ok(()) => return,
+                Err(StartFailure::PortInUse) if attempt < PORT_RETRIES => {
+                    eprintln!("[harness] node {id}: a port is still taken; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(other) => panic!("node {id} did not restart: {other:?}"),
+            }
+        }
+    }
+
+    /// Deletes node `id`'s data dir, as if its volume were lost. The node must not be running;
+    /// a [`Cluster::restart`] then starts it empty, and it must rejoin without bootstrapping.
+    pub fn wipe(&mut self, id: u64) {
+        assert!(
+            !self.is_running(id),
+            "wipe: node {id} is still running; kill it first"
+        );
+        let dir = self.data_dir(id).to_path_buf();
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("wipe {}: {e}", dir.display()),
+        }
+    }
+
+    /// Starts a new node `id` with an empty data dir and fresh ports; `--peers` lists the member
+    /// nodes and itself. It finds the cluster and waits to be added: the test then calls
+    /// `AddMember` (e.g. [`Client::add_member`] with [`Cluster::peer_addr`] and
+    /// [`Cluster::client_addr`]). Returns once the process has found the cluster (it answers
+    /// `Cluster.Status` with this cluster's id).
+    pub async fn add_node(&mut self, id: u64) {
+        assert!(
+            !self.nodes.contains_key(&id),
+            "node {id} exists already; pick a new id"
+        );
+        assert!(
+            id > self.initial_size,
+            "a joining node needs an id above --initial-cluster-size"
+        );
+        for attempt in 1..=PORT_RETRIES {
+            let ports = reserve_ports(2);
+            let mut peers: Vec<String> = self
+                .member_ids()
+                .into_iter()
+                .map(|m| format!("{m}={}", self.peer_addr(m)))
+                .collect();
+            peers.push(format!("{id}=127.0.0.1:{}", ports[1]));
+            let node = self.new_node(id, ports[0], ports[1], peers.join(","));
+            self.nodes.insert(id, node);
+            self.spawn(id);
+            match self.wait_started(id).await {
+                Ok(()) => return,
+                Err(StartFailure::PortInUse) if attempt < PORT_RETRIES => {
+                    if let Some(node) = self.nodes.remove(&id) {
+                        let _ = fs::remove_dir_all(&node.data_dir);
+                    }
+                }
+                Err(other) => panic!("new node {id} did not start: {other:?}"),
+            }
+        }
+    }
+
+    // ----- observation ---------------------------------------------------------------------
+
+    /// Node `id`'s own view (`Cluster.Status` on its client port). An error if it does not
+    /// answer within a second, or answers as another node or another cluster.
+    pub async fn status(&self, id: u64) -> Result<pb::StatusResponse, String> {
+        let node = self.node(id);
+        status_of(id, node.channel.clone(), self.cluster_id.clone()).await
+    }
+
+    /// The views of all running, not stopped, not retired nodes, asked concurrently.
+    pub async fn statuses(&self) -> BTreeMap<u64, Result<pb::StatusResponse, String>> {
+        let mut asks = JoinSet::new();
+        for node in self.nodes.values() {
+            if node.process.is_some() && !node.stopped && !node.retired {
+                let (id, channel, cluster) =
+                    (node.id, node.channel.clone(), self.cluster_id.clone());
+                asks.spawn(async move { (id, status_of(id, channel, cluster).await) });
+            }
+        }
+        let mut out = BTreeMap::new();
+        while let Some(joined) = asks.join_next().await {
+            if let Ok((id, status)) = joined {
+                out.insert(id, status);
+            }
+        }
+        out
+    }
+
+    /// The current leader if there is one right now: a node that says it leads in the highest
+    /// term any node reports, confirmed by a majority of its voters (itself included) naming
+    /// it in that term. A deposed leader that has not noticed yet (e.g. just SIGCONTed) is thus
+    /// not taken for the leader.
+    pub async fn try_leader(&self) -> Option<u64> {
+        let views: Vec<pb::StatusResponse> =
+            self.statuses().await.into_values().flatten().collect();
+        let term = views.iter().map(|s| s.term).max()?;
+        let leader = views
+            .iter()
+            .find(|s| s.term == term && s.role() == pb::Role::Leader)?;
+        let voters: Vec<u64> = leader
+            .members
+            .iter()
+            .filter(|m| m.role() == pb::MemberRole::Voter)
+            .map(|m| m.id)
+            .collect();
+        let agree = views
+            .iter()
+            .filter(|s| s.term == term && s.leader_id == leader.node_id)
+            .filter(|s| voters.contains(&s.node_id))
+            .count();
+        (agree > voters.len() / 2).then_some(leader.node_id)
+    }
+
+    /// Waits (up to [`ClusterOptions::leader_timeout`]) for [`Cluster::try_leader`].
+    pub async fn leader(&self) -> u64 {
+        let timeout = self.opts.leader_timeout;
+        wait_for("a leader agreed by a quorum", timeout, async || {
+            self.try_leader().await
+        })
+        .await
+    }
+
+    /// Waits for a leader other than `old`; returns it.
+    pub async fn leader_other_than(&self, old: u64) -> u64 {
+        let timeout = self.opts.leader_timeout;
+        wait_for(&format!("a leader other than {old}"), timeout, async || {
+            self.try_leader().await.filter(|&l| l != old)
+        })
+        .await
+    }
+
+    /// The configuration as the current leader reports it.
+    pub async fn members(&self) -> Vec<pb::Member> {
+        let leader = self.leader().await;
+        match self.status(leader).await {
+            Ok(s) => s.members,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Waits until the leader reports node `id` as a voter (a learner is promoted automatically
+    /// once caught up). Returns how long that took.
+    pub async fn wait_voter(&self, id: u64, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        wait_for(&format!("node {id} to be a voter"), timeout, async || {
+            let leader = self.try_leader().await?;
+            let status = self.status(leader).await.ok()?;
+            status
+                .members
+                .iter()
+                .any(|m| m.id == id && m.role() == pb::MemberRole::Voter)
+                .then_some(())
+        })
+        .await;
+        started.elapsed()
+    }
+
+    /// Waits until the leader's configuration no longer contains node `id`.
+    pub async fn wait_not_member(&self, id: u64, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        wait_for(
+            &format!("node {id} to leave the configuration"),
+            timeout,
+            async || {
+                let leader = self.try_leader().await.filter(|&l| l != id)?;
+                let status = self.status(leader).await.ok()?;
+                (!status.members.iter().any(|m| m.id == id)).then_some(())
+            },
+        )
+        .await;
+        started.elapsed()
+    }
+
+    /// Waits until node `id` has applied everything the leader had committed when this was
+    /// called. Returns how long that took.
+    pub async fn wait_caught_up(&self, id: u64, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        let target = wait_for("the leader's commit index", timeout, async || {
+            let leader = self.try_leader().await?;
+            self.status(leader).await.ok().map(|s| s.commit_index)
+        })
+        .await;
+        let left = timeout.saturating_sub(started.elapsed());
+        wait_for(
+            &format!("node {id} to apply up to index {target}"),
+            left,
+            async || {
+                self.status(id)
+                    .await
+                    .ok()
+                    .filter(|s| s.applied_index >= target)
+            },
+        )
+        .await;
+        started.elapsed()
+    }
+
+    /// Node `id`'s own copy of `[start, end)`, read with STALE consistency from that node only.
+    pub async fn scan_local(&self, id: u64, start: &str, end: &str) -> Vec<KeyValue> {
+        let client = self.client_of(id).await;
+        client
+            .scan_all(start.to_owned(), end.to_owned(), 0, Consistency::Stale)
+            .await
+            .unwrap_or_else(|e| panic!("stale scan on node {id}: {e}"))
+    }
+
+    /// The last `lines` lines of node `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = read_log_from(&self.node(id).log_path, 0);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Prints the tail of every node's log to stderr.
+    pub fn print_logs(&self, lines: usize) {
+        for node in self.nodes.values() {
+            eprintln!(
+                "---- node {} ({}), last {lines} lines ----\n{}",
+                node.id,
+                node.log_path.display(),
+                self.log_tail(node.id, lines)
+            );
+        }
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    fn kill_all(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut process) = node.process.take() {
+                if let Some(w) = process.watchdog.take() {
+                    w.disarm();
+                }
+                let _ = process.child.kill();
+                if let Ok(status) = process.child.wait() {
+                    node.exits.push(status);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_all();
+        if std::thread::panicking() {
+            eprintln!(
+                "[harness] the test failed; logs of the nodes in {}:",
+                self.root.display()
+            );
+            self.print_logs(LOG_TAIL_LINES);
+        }
+        if std::env::var_os("RAFTKV_KEEP_TEST_DIR").is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("[harness] kept {}", dir.keep().display());
+        }
+    }
+}
+
+async fn status_of(
+    id: u64,
+    channel: Channel,
+    cluster_id: String,
+) -> Result<pb::StatusResponse, String> {
+    let mut client = pb::cluster_client::ClusterClient::new(channel);
+    let status =
+        match tokio::time::timeout(STATUS_TIMEOUT, client.status(pb::StatusRequest {})).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return Err(format!("node {id}: {status}")),
+            Err(_) => return Err(format!("node {id}: no answer within {STATUS_TIMEOUT:?}")),
+        };
+    if status.node_id == id && status.cluster_id.is_empty() {
+        // A node with an empty data dir serves Status while it decides to bootstrap or join.
+        return Err(format!("node {id} has not bootstrapped or joined yet"));
+    }
+    if status.node_id != id || status.cluster_id != cluster_id {
+        return Err(format!(
+            "the process on node {id}'s port is node {} of cluster {:?}, not ours",
+            status.node_id, status.cluster_id
+        ));
+    }
+    Ok(status)
+}
+
+fn read_log_from(path: &Path, offset: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = fs::File::open(path) {
+        let _ = file.seek(SeekFrom::Start(offset));
+        let mut bytes = Vec::new();
+        let _ = file.read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    text
+}
+
+// ----- ports ---------------------------------------------------------------------------------
+
+/// Ports handed out by this process, never handed out twice: clusters of concurrent tests (and
+/// a node restarting on its old ports) must not collide with each other.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// `count` distinct ports that were free a moment ago. See the module docs for why they come
+/// from below the ephemeral range.
+fn reserve_ports(count: usize) -> Vec<u16> {
+    let mut handed_out = lock(&HANDED_OUT);
+    let (low, high) = port_range();
+    let mut ports = Vec::with_capacity(count);
+    for _ in 0..100_000 {
+        if ports.len() == count {
+            break;
+        }
+        let port = match (low, high) {
+            (Some(low), Some(high)) => low + (random_u64() % u64::from(high - low)) as u16,
+            // No usable range below the ephemeral one: let the kernel pick.
+            _ => match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
+                Ok(addr) => addr.port(),
+                Err(_) => continue,
+            },
+        };
+        if !handed_out.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            handed_out.insert(port);
+            ports.push(port);
+        }
+    }
+    assert_eq!(ports.len(), count, "could not find {count} free ports");
+    ports
+}
+
+/// `[20000, start of the ephemeral range)`, if that range is reasonably large.
+fn port_range() -> (Option<u16>, Option<u16>) {
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 20_000u16;
+    if ephemeral_low >= low + 2_000 {
+        (Some(low), Some(ephemeral_low))
+    } else {
+        (None, None)
+    }
+}
+
+/// A random number without a dependency: std's hasher keys are random per process.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A test that panicked while holding a lock left consistent data (single updates).
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ----- polling -------------------------------------------------------------------------------
+
+/// Probes every 50 ms until `probe` returns `Some`, and returns it; panics with `what` and the
+/// time waited if `timeout` passes first.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    match try_wait_for(timeout, &mut probe).await {
+        Some(value) => value,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Like [`wait_for`], but `None` on timeout.
+pub async fn try_wait_for<T>(
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+// ----- workload ------------------------------------------------------------------------------
+
+/// What became of one write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged with this version, by the node the client then believed to lead.
+    Acked {
+        /// The version (log index) the cluster answered.
+        version: u64,
+        /// [`Client::leader`] right after the answer: the node that acknowledged it.
+        leader: Option<String>,
+    },
+    /// The client gave up without an answer: the write may or may not have been applied.
+    Unknown(String),
+    /// A definite failure: the write had no effect.
+    Failed(String),
+}
+
+/// One write of a [`Writers`] workload.
+#[derive(Clone, Debug)]
+pub struct WriteRecord {
+    /// Which writer made it.
+    pub writer: usize,
+    /// The key; every write has its own.
+    pub key: String,
+    /// The value; unique too.
+    pub value: String,
+    /// When the call was made.
+    pub invoked: Instant,
+    /// When it returned.
+    pub completed: Instant,
+    /// What it returned.
+    pub outcome: Outcome,
+}
+
+impl WriteRecord {
+    /// The acknowledged version, if the write was acknowledged.
+    pub fn acked_version(&self) -> Option<u64> {
+        match self.outcome {
+            Outcome::Acked { version, .. } => Some(version),
+            _ => None,
+        }
+    }
+
+    /// The node that acknowledged it (`http://host:port`), if it was acknowledged.
+    pub fn acked_by(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Acked { leader, .. } => leader.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Concurrent writers, each with its own [`Client`] (own session, own leader cache), putting
+/// `<prefix>/<writer>/<n>` = a unique value in a loop, and recording every outcome.
+pub struct Writers {
+    prefix: String,
+    stop: Arc<AtomicBool>,
+    records: Arc<Mutex<Vec<WriteRecord>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Starts `count` writers against `endpoints`. With `limit`, each writer stops after that
+    /// many writes (see [`Writers::finish`]); otherwise they run until [`Writers::stop`].
+    pub async fn start(
+        endpoints: Vec<String>,
+        prefix: &str,
+        count: usize,
+        limit: Option<u64>,
+    ) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let run = format!("{:08x}", random_u64() as u32);
+        let mut tasks = Vec::with_capacity(count);
+        for writer in 0..count {
+            let client = Client::connect(endpoints.clone(), test_client_options())
+                .await
+                .expect("client for a writer");
+            let (stop, records) = (stop.clone(), records.clone());
+            let (prefix, run) = (prefix.to_owned(), run.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n: u64 = 0;
+                while !stop.load(Ordering::Relaxed) && limit.is_none_or(|l| n < l) {
+                    n += 1;
+                    let key = format!("{prefix}/{writer:02}/{n:08}");
+                    let value = format!("{run}:{writer}:{n}");
+                    let invoked = Instant::now();
+                    let result = client.put(key.clone(), value.clone()).await;
+                    let outcome = match result {
+                        Ok(version) => Outcome::Acked {
+                            version,
+                            leader: client.leader(),
+                        },
+                        Err(e) if e.is_outcome_unknown() => Outcome::Unknown(e.to_string()),
+                        Err(e) => Outcome::Failed(e.to_string()),
+                    };
+                    let acked = matches!(outcome, Outcome::Acked { .. });
+                    lock(&records).push(WriteRecord {
+                        writer,
+                        key,
+                        value,
+                        invoked,
+                        completed: Instant::now(),
+                        outcome,
+                    });
+                    if !acked {
+                        // Do not spin on a cluster that refuses everything.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }));
+        }
+        Writers {
+            prefix: prefix.to_owned(),
+            stop,
+            records,
+            tasks,
+        }
+    }
+
+    /// A copy of the records so far.
+    pub fn records(&self) -> Vec<WriteRecord> {
+        lock(&self.records).clone()
+    }
+
+    /// How many writes have been acknowledged so far.
+    pub fn acked(&self) -> usize {
+        lock(&self.records)
+            .iter()
+            .filter(|r| r.acked_version().is_some())
+            .count()
+    }
+
+    /// Waits for a record matching `pred` and returns it (the earliest completed one).
+    pub async fn wait_for_record(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&WriteRecord) -> bool,
+    ) -> WriteRecord {
+        wait_for(what, timeout, async || {
+            lock(&self.records)
+                .iter()
+                .filter(|r| pred(r))
+                .min_by_key(|r| r.completed)
+                .cloned()
+        })
+        .await
+    }
+
+    /// Waits until `n` more writes than now have been acknowledged.
+    pub async fn wait_more_acked(&self, n: usize, timeout: Duration) {
+        let target = self.acked() + n;
+        wait_for(
+            &format!("{n} more acknowledged writes"),
+            timeout,
+            async || (self.acked() >= target).then_some(()),
+        )
+        .await;
+    }
+
+    /// Stops the writers (each finishes its current write) and returns the history.
+    pub async fn stop(self) -> History {
+        self.stop.store(true, Ordering::Relaxed);
+        self.finish().await
+    }
+
+    /// Waits for the writers to end on their own (with a `limit`) and returns the history.
+    pub async fn finish(self) -> History {
+        for task in self.tasks {
+            task.await.expect("a writer task panicked");
+        }
+        let records = std::mem::take(&mut *lock(&self.records));
+        History {
+            prefix: self.prefix,
+            records,
+        }
+    }
+}
+
+/// The writes of a [`Writers`] run, and what the cluster must hold because of them.
+#[derive(Clone, Debug)]
+pub struct History {
+    /// The key prefix of the run.
+    pub prefix: String,
+    /// Every write, in the order the writers recorded them.
+    pub records: Vec<WriteRecord>,
+}
+
+/// Counts of a history, as printed by tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Acknowledged writes.
+    pub acked: usize,
+    /// Writes with an unknown outcome.
+    pub unknown: usize,
+    /// Writes that definitely failed.
+    pub failed: usize,
+    /// Unknown-outcome writes that turned out to be applied.
+    pub unknown_applied: usize,
+}
+
+impl History {
+    /// `[start, end)` of the run's keys.
+    pub fn range(&self) -> (String, String) {
+        // '0' is the byte after '/': the end of everything under "<prefix>/".
+        (format!("{}/", self.prefix), format!("{}0", self.prefix))
+    }
+
+    /// Adds another run's records (with the same prefix) to this one.
+    pub fn extend(&mut self, other: History) {
+        assert_eq!(self.prefix, other.prefix, "histories of different prefixes");
+        self.records.extend(other.records);
+    }
+
+    /// Counts of acknowledged, unknown and failed writes.
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for r in &self.records {
+            match r.outcome {
+                Outcome::Acked { .. } => c.acked += 1,
+                Outcome::Unknown(_) => c.unknown += 1,
+                Outcome::Failed(_) => c.failed += 1,
+            }
+        }
+        c
+    }
+
+    /// The longest time between two consecutive acknowledgements (of any writer) where the
+    /// second one came after `from`: how long the cluster accepted no writes around `from`.
+    pub fn longest_ack_gap_after(&self, from: Instant) -> Duration {
+        let mut acks: Vec<Instant> = self
+            .records
+            .iter()
+            .filter(|r| r.acked_version().is_some())
+            .map(|r| r.completed)
+            .collect();
+        acks.sort();
+        acks.windows(2)
+            .filter(|w| w[1] > from)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Checks `items` (a scan of [`History::range`] made after the writers stopped) against the
+    /// history: every acknowledged write is there with its value and version, every failed one
+    /// is absent, an unknown one is absent or has its value, and nothing else is there.
+    /// Returns the problems found (empty: all good) and the counts.
+    pub fn check(&self, items: &[KeyValue]) -> (Vec<String>, Counts) {
+        let mut problems = Vec::new();
+        let mut counts = self.counts();
+        let found: BTreeMap<&[u8], &KeyValue> =
+            items.iter().map(|kv| (kv.key.as_ref(), kv)).collect();
+        let mut known: BTreeSet<&[u8]> = BTreeSet::new();
+        for r in &self.records {
+            known.insert(r.key.as_bytes());
+            let got = found.get(r.key.as_bytes());
+            match (&r.outcome, got) {
+                (Outcome::Acked { version, .. }, Some(kv))
+                    if kv.value.as_ref() == r.value.as_bytes() && kv.version == *version => {}
+                (Outcome::Acked { version, .. }, got) => problems.push(format!(
+                    "acknowledged write {}={} (version {version}) reads back as {}",
+                    r.key,
+                    r.value,
+                    describe(got.copied())
+                )),
+                (Outcome::Failed(_), None) => {}
+                (Outcome::Failed(e), got) => problems.push(format!(
+                    "failed write {}={} ({e}) is present: {}",
+                    r.key,
+                    r.value,
+                    describe(got.copied())
+                )),
+                (Outcome::Unknown(_), None) => {}
+                (Outcome::Unknown(_), Some(kv)) if kv.value.as_ref() == r.value.as_bytes() => {
+                    counts.unknown_applied += 1;
+                }
+                (Outcome::Unknown(_), got) => problems.push(format!(
+                    "unknown-outcome write {}={} reads back as {}",
+                    r.key,
+                    r.value,
+                    describe(got.copied())
+                )),
+            }
+        }
+        for kv in items {
+            if !known.contains(kv.key.as_ref()) {
+                problems.push(format!(
+                    "key {} was never written but holds {}",
+                    String::from_utf8_lossy(&kv.key),
+                    describe(Some(kv))
+                ));
+            }
+        }
+        (problems, counts)
+    }
+
+    /// Reads the run's keys back through `client` (LINEARIZABLE scan, plus LINEARIZABLE gets of
+    /// each writer's last acknowledged write and a sample of the others) and panics listing the
+    /// problems if the cluster does not hold what the history allows. Returns the counts.
+    pub async fn verify(&self, client: &Client) -> Counts {
+        let (start, end) = self.range();
+        let items = client
+            .scan_all(start, end, 0, Consistency::Linearizable)
+            .await
+            .unwrap_or_else(|e| panic!("scan of the written keys: {e}"));
+        let (mut problems, counts) = self.check(&items);
+        let acked: Vec<&WriteRecord> = self
+            .records
+            .iter()
+            .filter(|r| r.acked_version().is_some())
+            .collect();
+        let mut sample: Vec<&WriteRecord> = acked
+            .iter()
+            .step_by(acked.len() / 25 + 1)
+            .copied()
+            .collect();
+        for writer in self
+            .records
+            .iter()
+            .map(|r| r.writer)
+            .collect::<BTreeSet<_>>()
+        {
+            if let Some(last) = acked.iter().rev().find(|r| r.writer == writer) {
+                sample.push(last);
+            }
+        }
+        for r in sample {
+            let got = client
+                .get(r.key.clone(), Consistency::Linearizable)
+                .await
+                .unwrap_or_else(|e| panic!("get {}: {e}", r.key));
+            let ok = got.as_ref().is_some_and(|v| {
+                v.value == r.value.as_bytes() && Some(v.version) == r.acked_version()
+            });
+            if !ok {
+                problems.push(format!(
+                    "get of acknowledged write {}={} (version {:?}) returned {got:?}",
+                    r.key,
+                    r.value,
+                    r.acked_version()
+                ));
+            }
+        }
+        assert_problems_empty(&problems, "read-back");
+        counts
+    }
+}
+
+/// Panics listing (the first few of) `problems`, if there are any.
+pub fn assert_problems_empty(problems: &[String], what: &str) {
+    if problems.is_empty() {
+        return;
+    }
+    let shown: Vec<&str> = problems.iter().take(20).map(String::as_str).collect();
+    panic!(
+        "{what}: {} problem(s), the first {}:\n  {}",
+        problems.len(),
+        shown.len(),
+        shown.join("\n  ")
+    );
+}
+
+fn describe(kv: Option<&KeyValue>) -> String {
+    match kv {
+        None => "absent".to_owned(),
+        Some(kv) => format!(
+            "{:?} (version {})",
+            String::from_utf8_lossy(&kv.value),
+            kv.version
+        ),
+    }
+}
