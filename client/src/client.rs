@@ -590,9 +590,13 @@ impl Client {
                 current.client_id = new_client_id();
             }
         }
+        // A session-less write (a membership change) that is refused on a retry may be refused
+        // because an earlier attempt applied it ("node 4 is not a member" after a removal that
+        // went through): only its first attempt's answer is definite.
+        let sessionless_retry = kind == CallKind::Write && session.is_none() && attempts > 1;
         match code {
             // Retries resend the identical request, so this is about the request itself.
-            Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::InvalidArgument if !sessionless_retry => Error::InvalidArgument(message),
             // An earlier attempt of this write may have been applied (its answer was lost), so
             // a refusal now proves nothing about the write — e.g. the session expired after the
             // first attempt was applied.
