@@ -260,6 +260,14 @@ impl RawNode {
         self.log.term(self.log.committed) == Some(self.term)
     }
 
+    /// Whether this node heard from a leader within the minimum election timeout (or restarted
+    /// less than one ago): then it refuses to help elect anyone else (thesis §4.2.3, §6.4.1).
+    fn in_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && (self.leader_id != NO_NODE || self.restart_lease)
+            && self.election_elapsed < self.cfg.election_tick
+    }
+
     /// A snapshot of the node's state.
     pub fn status(&self) -> Status {
         let progress = if self.role == Role::Leader {
@@ -544,15 +552,29 @@ impl RawNode {
                 // Thesis §4.2.3 / §9.6: a node that heard from a live leader within the minimum
                 // election timeout ignores (pre-)votes, so a partitioned or removed node cannot
                 // depose a healthy leader. A transfer (TimeoutNow) is exempt.
-                let in_lease = self.cfg.check_quorum
-                    && (self.leader_id != NO_NODE || self.restart_lease)
-                    && self.election_elapsed < self.cfg.election_tick;
-                // A node outside our configuration gets no vote and cannot bump our term.
-                let unknown = !self.log.conf().voters.contains(&m.from);
-                if (in_lease && !leader_transfer) || unknown {
+                // Votes are granted without consulting our configuration (thesis §4.1): ours may
+                // be stale, and refusing a voter we still think a learner can block elections for
+                // good. The one exception is a node with no configuration at all (never added, or
+                // restarted with a lost volume): it may have forgotten a vote, so it votes for
+                // nobody until a leader has given it the log.
+                if (self.in_lease() && !leader_transfer) || self.log.conf().voters.is_empty() {
                     self.reply_vote(&m, pre_vote, false);
                     return;
                 }
+            }
+            if self.role == Role::Follower
+                && self.in_lease()
+                && matches!(
+                    m.body,
+                    MessageBody::RequestVoteResponse { .. }
+                        | MessageBody::AppendEntriesResponse { .. }
+                        | MessageBody::HeartbeatResponse { .. }
+                )
+            {
+                // A follower has no requests out, so a newer term in an answer is stale news from
+                // a past candidacy or leadership. Adopting it would drop the leader we follow and
+                // with it the protection that leader's lease relies on (thesis §6.4.1).
+                return;
             }
             match &m.body {
                 // A pre-vote request and a granted pre-vote answer carry a term nobody is in yet.
@@ -654,8 +676,8 @@ impl RawNode {
             || (pre_vote && m.term > self.term);
         let up_to_date = self.bug(Bug::VoteWithoutLogCheck)
             || self.log.is_up_to_date(last_log_index, last_log_term);
-        let member = self.log.conf().voters.contains(&m.from);
-        let granted = can_vote && up_to_date && member;
+        let has_config = !self.log.conf().voters.is_empty();
+        let granted = can_vote && up_to_date && has_config;
         if granted && !pre_vote {
             self.vote = m.from;
             // Granting a vote resets the timer (§5.2), so we do not compete with the candidate.
