@@ -185,6 +185,21 @@ impl Cluster {
         panic!("cluster did not settle");
     }
 
+    /// Delivers everything but AppendEntries for a few rounds: elections complete, but the new
+    /// leader's log (its no-op included) reaches nobody.
+    fn deliver_all_but_appends(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            self.process_readies();
+            let msgs: Vec<Message> = self.queue.drain(..).collect();
+            for m in msgs {
+                if !matches!(m.body, MessageBody::AppendEntries { .. }) {
+                    let to = m.to;
+                    self.node_mut(to).step(m);
+                }
+            }
+        }
+    }
+
     fn tick(&mut self, id: NodeId, ticks: u64) {
         for _ in 0..ticks {
             self.node_mut(id).tick();
@@ -534,17 +549,7 @@ fn old_term_entry_on_majority_stays_uncommitted_until_own_term_entry() {
     // Node 2 will grant its vote but then never receive appends.
     c.node_mut(1).campaign();
     // Deliver the vote requests and answers only.
-    for _ in 0..4 {
-        c.process_readies();
-        let msgs: Vec<Message> = c.queue.drain(..).collect();
-        for m in msgs {
-            if matches!(m.body, MessageBody::AppendEntries { .. }) {
-                continue;
-            }
-            let to = m.to;
-            c.node_mut(to).step(m);
-        }
-    }
+    c.deliver_all_but_appends(4);
     assert_eq!(c.node(1).role(), Role::Leader);
     // Node 2 already has index 2 (term 2) — a majority with the leader — yet it is not committed.
     assert_eq!(c.node(2).log_term(2), Some(2));
@@ -816,16 +821,7 @@ fn read_index_waits_for_first_commit_of_term() {
     let mut c = Cluster::with(3, |cfg| cfg.pre_vote = false);
     c.node_mut(1).campaign();
     // Deliver votes by hand, then ask for a read before the no-op commits.
-    for _ in 0..3 {
-        c.process_readies();
-        let msgs: Vec<Message> = c.queue.drain(..).collect();
-        for m in msgs {
-            if !matches!(m.body, MessageBody::AppendEntries { .. }) {
-                let to = m.to;
-                c.node_mut(to).step(m);
-            }
-        }
-    }
+    c.deliver_all_but_appends(3);
     assert_eq!(c.node(1).role(), Role::Leader);
     assert!(!c.node(1).has_committed_in_term());
     c.node_mut(1).read_index(1).expect("leader");
@@ -954,16 +950,7 @@ fn one_uncommitted_conf_change_at_a_time() {
 
     let mut c = Cluster::with(3, |cfg| cfg.pre_vote = false);
     c.node_mut(1).campaign();
-    for _ in 0..3 {
-        c.process_readies();
-        let msgs: Vec<Message> = c.queue.drain(..).collect();
-        for m in msgs {
-            if !matches!(m.body, MessageBody::AppendEntries { .. }) {
-                let to = m.to;
-                c.node_mut(to).step(m);
-            }
-        }
-    }
+    c.deliver_all_but_appends(3);
     assert_eq!(c.node(1).role(), Role::Leader);
     assert!(matches!(
         c.node_mut(1)

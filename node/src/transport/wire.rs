@@ -246,6 +246,18 @@ pub fn entry_from_wire(e: pb::Entry) -> Result<Entry, WireError> {
     })
 }
 
+/// The header of any request type: they all carry `cluster_id`, `from`, `to` and `term`.
+macro_rules! header {
+    ($req:expr) => {
+        Header {
+            cluster_id: $req.cluster_id,
+            from: $req.from,
+            to: $req.to,
+            term: $req.term,
+        }
+    };
+}
+
 fn message(h: Header, body: MessageBody) -> Message {
     Message {
         from: h.from,
@@ -257,12 +269,7 @@ fn message(h: Header, body: MessageBody) -> Message {
 
 /// Decodes `Raft.AppendEntries`.
 pub fn append_from_wire(req: pb::AppendEntriesRequest) -> Result<(Header, Message), WireError> {
-    let h = Header {
-        cluster_id: req.cluster_id,
-        from: req.from,
-        to: req.to,
-        term: req.term,
-    };
+    let h = header!(req);
     let body = match req.kind {
         None => return bad("AppendEntries without append or heartbeat"),
         Some(pb::append_entries_request::Kind::Heartbeat(hb)) => MessageBody::Heartbeat {
@@ -297,12 +304,7 @@ pub fn append_from_wire(req: pb::AppendEntriesRequest) -> Result<(Header, Messag
 
 /// Decodes `Raft.RequestVote`.
 pub fn vote_from_wire(req: pb::RequestVoteRequest) -> (Header, Message) {
-    let h = Header {
-        cluster_id: req.cluster_id,
-        from: req.from,
-        to: req.to,
-        term: req.term,
-    };
+    let h = header!(req);
     let body = MessageBody::RequestVote {
         pre_vote: req.pre_vote,
         last_log_index: req.last_log_index,
@@ -314,23 +316,13 @@ pub fn vote_from_wire(req: pb::RequestVoteRequest) -> (Header, Message) {
 
 /// Decodes `Raft.TimeoutNow`.
 pub fn timeout_now_from_wire(req: pb::TimeoutNowRequest) -> (Header, Message) {
-    let h = Header {
-        cluster_id: req.cluster_id,
-        from: req.from,
-        to: req.to,
-        term: req.term,
-    };
+    let h = header!(req);
     (h.clone(), message(h, MessageBody::TimeoutNow))
 }
 
 /// Decodes `Raft.Respond`.
 pub fn response_from_wire(req: pb::RaftResponse) -> Result<(Header, Message), WireError> {
-    let h = Header {
-        cluster_id: req.cluster_id,
-        from: req.from,
-        to: req.to,
-        term: req.term,
-    };
+    let h = header!(req);
     let body = match req.kind {
         None => return bad("Respond without an answer"),
         Some(pb::raft_response::Kind::RequestVote(r)) => MessageBody::RequestVoteResponse {
