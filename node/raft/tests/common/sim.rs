@@ -103,10 +103,10 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// The standard mix for `tests/simulation.rs`: a 5-voter cluster with 3 spares and production
-    /// settings (pre-vote, check-quorum), with fault and workload rates drawn per seed so that the
-    /// seeds together cover calm and stormy networks, small and large messages, frequent and rare
-    /// snapshots.
+    /// The standard mix for `tests/simulation.rs`: a 5-voter cluster with 6 spares and production
+    /// settings (pre-vote, check-quorum), 4 epochs of 500 chaos ticks, with fault and workload
+    /// rates drawn per seed so that the seeds together cover calm and stormy networks, small and
+    /// large messages, frequent and rare snapshots, removed members that linger or go away.
     pub fn randomized(seed: u64) -> Self {
         let mut r = Rng::new(seed ^ 0x7072_6f66_696c_6521);
         let mut pick = |xs: &[f64]| xs[r.below(xs.len() as u64) as usize];
