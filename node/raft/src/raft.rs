@@ -586,7 +586,14 @@ impl RawNode {
                 MessageBody::AppendEntries { .. }
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::InstallSnapshot { .. } => self.become_follower(m.term, m.from),
-                _ => self.become_follower(m.term, NO_NODE),
+                _ => {
+                    // Figure 2: only a leader's message or a granted vote resets the election
+                    // timer. A newer term alone must not, or a candidate that cannot win keeps
+                    // resetting the timers of the nodes that could (a stall without pre-vote).
+                    let elapsed = self.election_elapsed;
+                    self.become_follower(m.term, NO_NODE);
+                    self.election_elapsed = elapsed;
+                }
             }
         } else if m.term < self.term {
             self.step_stale(m);

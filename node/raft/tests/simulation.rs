@@ -169,3 +169,26 @@ fn runs_are_deterministic() {
         );
     }
 }
+
+/// Without pre-vote, a candidate that cannot win used to reset the election timers of the nodes
+/// that could (every term change reset the timer), stalling elections for good; seeds 20712
+/// (`no-pre-vote`) and 20347 (`no-pre-vote-no-check-quorum`) showed it. Figure 2 resets the timer
+/// only on hearing from a leader or granting a vote. Production runs with pre-vote, but the core
+/// must be live without it too.
+#[test]
+fn stays_live_without_pre_vote() {
+    for (name, seeds) in [
+        ("no-pre-vote", 20_700..20_725),
+        ("no-pre-vote-no-check-quorum", 20_335..20_360),
+    ] {
+        for seed in seeds {
+            let profile = Profile::variant(name, seed).expect("known variant");
+            if let Some(v) = run(seed, &profile, None).violation {
+                panic!(
+                    "{name} seed {seed}: {v}\n  replay: SIM_VARIANT={name} SIM_SEED={seed} \
+                     cargo test -p raftkv-raft --test simulation -- --nocapture"
+                );
+            }
+        }
+    }
+}
