@@ -1,4 +1,5 @@
-//! A harness for multi-process tests: real `kvnode` processes on 127.0.0.1 (DESIGN.md §8.3).
+//! A harness for multi-process tests: real `kvnode` processes on 127.0.0.1 (DESIGN.md §8.3), or
+//! each in its own network namespace with its own IP ([`Network::Netns`]).
 //!
 //! - [`Cluster`]: starts `n` nodes, each with its own ports, data dir and log file inside one
 //!   temporary directory, and offers the faults a test needs: [`Cluster::kill9`],
@@ -11,6 +12,19 @@
 //!   record every outcome (acknowledged, unknown, failed) with its time, and the check that the
 //!   cluster holds exactly what the history allows.
 //! - [`wait_for`]: the one polling loop every "eventually" in a test goes through.
+//!
+//! Networks ([`ClusterOptions::network`]):
+//! - [`Network::Loopback`] (the default): every node on 127.0.0.1 with its own ports.
+//! - [`Network::Netns`]: every node in its own namespace (see `netns.rs`), started as
+//!   `ip netns exec <ns> kvnode ...`, listening on its own IP with the fixed ports
+//!   [`NETNS_CLIENT_PORT`] and [`NETNS_PEER_PORT`] (no port races: the IP is its own). The test
+//!   process reaches the nodes through a veth into the root namespace. This adds partitions
+//!   ([`Cluster::isolate`], [`Cluster::cut_peers`], [`Cluster::heal`]) and, with
+//!   [`ClusterOptions::dns_service`], StatefulSet-style discovery: nodes run with
+//!   `--discovery dns:<service> --hostname kv-<id - 1>` and find each other through their
+//!   namespaces' hosts files. A node's name is published there when it is launched (a pod's DNS
+//!   record appears with the pod) and follows it when it moves ([`Cluster::move_node`]).
+//!   Tests that use it call [`netns::netns_or_skip`] first.
 //!
 //! Hygiene, and why:
 //! - Ports are picked at random *below* the kernel's ephemeral range and checked by binding: the
@@ -47,7 +61,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +76,10 @@ use tempfile::TempDir;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
+#[path = "netns.rs"]
+pub mod netns;
+use netns::Net;
+
 /// The node binary under test, built by cargo for this package's integration tests.
 pub const KVNODE: &str = env!("CARGO_BIN_EXE_kvnode");
 
@@ -74,6 +92,20 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const LOG_TAIL_LINES: usize = 60;
 /// How many times a start that lost a port race is retried.
 const PORT_RETRIES: u32 = 5;
+/// The client port of every node in [`Network::Netns`] mode (each node has its own IP).
+pub const NETNS_CLIENT_PORT: u16 = 7000;
+/// The peer port of every node in [`Network::Netns`] mode.
+pub const NETNS_PEER_PORT: u16 = 7100;
+
+/// Where a [`Cluster`]'s nodes live. See the module docs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// All nodes on 127.0.0.1, each with its own ports.
+    #[default]
+    Loopback,
+    /// Each node in its own network namespace with its own IP.
+    Netns,
+}
 
 /// How the nodes of a [`Cluster`] run. [`Default`] is a fast but realistic configuration with
 /// bounds generous enough for a loaded 2-core machine.
@@ -95,6 +127,11 @@ pub struct ClusterOptions {
     pub leader_timeout: Duration,
     /// How long a node may take to exit after SIGTERM.
     pub stop_timeout: Duration,
+    /// Where the nodes live.
+    pub network: Network,
+    /// With [`Network::Netns`]: run the nodes with `--discovery dns:<this>` and
+    /// `--hostname kv-<id - 1>` instead of `--id` and `--peers`.
+    pub dns_service: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -110,6 +147,8 @@ impl Default for ClusterOptions {
             ready_timeout: Duration::from_secs(30),
             leader_timeout: Duration::from_secs(30),
             stop_timeout: Duration::from_secs(20),
+            network: Network::Loopback,
+            dns_service: None,
         }
     }
 }
@@ -136,6 +175,8 @@ pub struct Cluster {
     cluster_id: String,
     created: Instant,
     nodes: BTreeMap<u64, Node>,
+    /// The namespaces of [`Network::Netns`] mode. Dropped after `Drop` killed the nodes.
+    net: Option<Net>,
 }
 
 /// One node: its fixed identity (ports, data dir, log) and its current process, if any.
@@ -213,24 +254,24 @@ impl Cluster {
     /// Starts `n` nodes (ids `1..=n`, `--initial-cluster-size n`) and waits until every node
     /// answers and a quorum agrees on a leader. Panics (printing the logs) if that fails.
     pub async fn start_with(n: u64, opts: ClusterOptions) -> Cluster {
-        assert!(n >= 1, "a cluster needs at least one node");
-        let dir = tempfile::Builder::new()
-            .prefix("raftkv-proc-")
-            .tempdir()
-            .expect("create a temporary directory");
-        let root = dir.path().to_path_buf();
-        let token = format!("proc-test-{}-{:016x}", std::process::id(), random_u64());
-        let cluster_id = raftkv_node::node::derive_cluster_id(&token, n);
-        let mut cluster = Cluster {
-            dir: Some(dir),
-            root,
-            opts,
-            initial_size: n,
-            token,
-            cluster_id,
-            created: Instant::now(),
-            nodes: BTreeMap::new(),
-        };
+        if opts.network == Network::Netns {
+            let mut cluster = Self::prepare(n, opts);
+            let started = Instant::now();
+            for id in 1..=n {
+                cluster.launch(id);
+            }
+            for id in 1..=n {
+                cluster.wait_node_started(id).await;
+            }
+            let leader = cluster.leader().await;
+            eprintln!(
+                "[harness] {n} nodes started in namespaces in {:.2?}, leader {leader}, dir {}",
+                started.elapsed(),
+                cluster.root.display()
+            );
+            return cluster;
+        }
+        let mut cluster = Self::empty(n, opts);
         let started = Instant::now();
         for attempt in 1..=PORT_RETRIES {
             let ports = reserve_ports(2 * n as usize);
@@ -283,14 +324,73 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster with no nodes yet: the temporary directory and the unique token.
+    fn empty(n: u64, opts: ClusterOptions) -> Cluster {
+        assert!(n >= 1, "a cluster needs at least one node");
+        let dir = tempfile::Builder::new()
+            .prefix("raftkv-proc-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let root = dir.path().to_path_buf();
+        let token = format!("proc-test-{}-{:016x}", std::process::id(), random_u64());
+        let cluster_id = raftkv_node::node::derive_cluster_id(&token, n);
+        Cluster {
+            dir: Some(dir),
+            root,
+            opts,
+            initial_size: n,
+            token,
+            cluster_id,
+            created: Instant::now(),
+            nodes: BTreeMap::new(),
+            net: None,
+        }
+    }
+
+    /// [`Network::Netns`] only: creates the namespaces and the nodes `1..=n` of a cluster but
+    /// starts none of them, for tests that start nodes one by one ([`Cluster::launch`], then
+    /// [`Cluster::wait_node_started`]). [`Cluster::start_with`] does all of it.
+    pub fn prepare(n: u64, opts: ClusterOptions) -> Cluster {
+        assert_eq!(
+            opts.network,
+            Network::Netns,
+            "Cluster::prepare is for the netns network"
+        );
+        let mut cluster = Self::empty(n, opts);
+        let mut net = Net::new();
+        let addrs: BTreeMap<u64, Ipv4Addr> =
+            (1..=n).map(|id| (id, net.add_host(&label(id)))).collect();
+        let peers = addrs
+            .iter()
+            .map(|(id, ip)| format!("{id}={ip}:{NETNS_PEER_PORT}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (&id, &ip) in &addrs {
+            let node = cluster.new_node_at(
+                id,
+                netns_addr(ip, true),
+                netns_addr(ip, false),
+                peers.clone(),
+            );
+            cluster.nodes.insert(id, node);
+        }
+        cluster.net = Some(net);
+        cluster
+    }
+
     fn new_node(&self, id: u64, client_port: u16, peer_port: u16, peers: String) -> Node {
         let client_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, client_port));
         let peer_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, peer_port));
-        let channel = Endpoint::from_shared(format!("http://{client_addr}"))
-            .expect("a valid URI")
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(STATUS_TIMEOUT)
-            .connect_lazy();
+        self.new_node_at(id, client_addr, peer_addr, peers)
+    }
+
+    fn new_node_at(
+        &self,
+        id: u64,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        peers: String,
+    ) -> Node {
         Node {
             id,
             client_addr,
@@ -298,7 +398,7 @@ impl Cluster {
             data_dir: self.root.join(format!("node-{id}")),
             log_path: self.root.join(format!("node-{id}.log")),
             peers,
-            channel,
+            channel: status_channel(client_addr),
             process: None,
             stopped: false,
             retired: false,
@@ -308,28 +408,66 @@ impl Cluster {
         }
     }
 
+    /// [`Network::Netns`]: publishes node `id`'s DNS name (in DNS mode) and spawns its process
+    /// without waiting for it to answer; see [`Cluster::wait_node_started`].
+    pub fn launch(&mut self, id: u64) {
+        if let Some(name) = self.dns_name(id) {
+            let ip = self.client_addr(id).ip();
+            let IpAddr::V4(ip) = ip else {
+                panic!("test hosts have IPv4 addresses, not {ip}")
+            };
+            self.net_mut().set_name(&name, Some(ip));
+        }
+        self.spawn(id);
+    }
+
+    /// Waits until node `id` answers `Cluster.Status` as a member of this cluster (it has
+    /// bootstrapped or joined); panics if it exits or does not answer within
+    /// [`ClusterOptions::ready_timeout`].
+    pub async fn wait_node_started(&mut self, id: u64) {
+        if let Err(e) = self.wait_started(id).await {
+            panic!("node {id} did not start: {e:?}");
+        }
+    }
+
     /// Spawns node `id`'s process with its fixed flags. Does not wait for it.
     fn spawn(&mut self, id: u64) {
         let elapsed = self.created.elapsed();
         let opts = self.opts.clone();
         let initial_size = self.initial_size;
         let token = self.token.clone();
+        let prefix = self
+            .net
+            .as_ref()
+            .map(|net| net.exec_prefix(&label(id)))
+            .unwrap_or_default();
         let node = self.node_mut(id);
         assert!(node.process.is_none(), "node {id} is already running");
         let log_filter = std::env::var("RAFTKV_TEST_LOG").unwrap_or(opts.log_filter);
-        let mut args: Vec<String> = vec![
-            "--id".into(),
-            id.to_string(),
+        let mut args: Vec<String> = match &opts.dns_service {
+            // The id, the peers and the advertised names all follow from the hostname.
+            Some(service) => vec![
+                "--discovery".into(),
+                format!("dns:{service}"),
+                "--hostname".into(),
+                format!("kv-{}", id - 1),
+            ],
+            None => vec![
+                "--id".into(),
+                id.to_string(),
+                "--advertise-client".into(),
+                node.client_addr.to_string(),
+                "--advertise-peer".into(),
+                node.peer_addr.to_string(),
+                "--peers".into(),
+                node.peers.clone(),
+            ],
+        };
+        args.extend([
             "--listen-client".into(),
             node.client_addr.to_string(),
             "--listen-peer".into(),
             node.peer_addr.to_string(),
-            "--advertise-client".into(),
-            node.client_addr.to_string(),
-            "--advertise-peer".into(),
-            node.peer_addr.to_string(),
-            "--peers".into(),
-            node.peers.clone(),
             "--data-dir".into(),
             node.data_dir.display().to_string(),
             "--initial-cluster-size".into(),
@@ -344,7 +482,7 @@ impl Cluster {
             opts.snapshot_entries.to_string(),
             "--log".into(),
             log_filter,
-        ];
+        ]);
         args.extend(opts.extra_args);
         node.starts += 1;
         let mut log = OpenOptions::new()
@@ -355,12 +493,21 @@ impl Cluster {
         node.log_offset = log.metadata().map_or(0, |m| m.len());
         let _ = writeln!(
             log,
-            "==== harness: start #{} of node {id} at +{elapsed:.3?}: {KVNODE} {}",
+            "==== harness: start #{} of node {id} at +{elapsed:.3?}: {}{KVNODE} {}",
             node.starts,
+            prefix.iter().map(|p| format!("{p} ")).collect::<String>(),
             args.join(" ")
         );
         let stderr = log.try_clone().expect("duplicate the log file handle");
-        let child = Command::new(KVNODE)
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(KVNODE);
+                c
+            }
+            None => Command::new(KVNODE),
+        };
+        let child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -679,6 +826,21 @@ impl Cluster {
             id > self.initial_size,
             "a joining node needs an id above --initial-cluster-size"
         );
+        if self.net.is_some() {
+            let ip = self.net_mut().add_host(&label(id));
+            let peer_addr = netns_addr(ip, false);
+            let mut peers: Vec<String> = self
+                .member_ids()
+                .into_iter()
+                .map(|m| format!("{m}={}", self.peer_addr(m)))
+                .collect();
+            peers.push(format!("{id}={peer_addr}"));
+            let node = self.new_node_at(id, netns_addr(ip, true), peer_addr, peers.join(","));
+            self.nodes.insert(id, node);
+            self.launch(id);
+            self.wait_node_started(id).await;
+            return;
+        }
         for attempt in 1..=PORT_RETRIES {
             let ports = reserve_ports(2);
             let mut peers: Vec<String> = self
@@ -702,6 +864,99 @@ impl Cluster {
         }
     }
 
+    // ----- network namespaces --------------------------------------------------------------
+
+    /// The namespaces of a [`Network::Netns`] cluster.
+    pub fn net(&self) -> &Net {
+        self.net
+            .as_ref()
+            .expect("this cluster does not run in network namespaces")
+    }
+
+    fn net_mut(&mut self) -> &mut Net {
+        self.net
+            .as_mut()
+            .expect("this cluster does not run in network namespaces")
+    }
+
+    /// Node `id`'s hostname in DNS mode (`kv-<id - 1>`, a StatefulSet pod name).
+    pub fn hostname(&self, id: u64) -> String {
+        format!("kv-{}", id - 1)
+    }
+
+    /// Node `id`'s DNS name (`kv-<id - 1>.<service>`), in DNS mode.
+    pub fn dns_name(&self, id: u64) -> Option<String> {
+        self.opts
+            .dns_service
+            .as_ref()
+            .map(|service| format!("{}.{service}", self.hostname(id)))
+    }
+
+    /// DNS mode, node stopped: moves node `id` to a new IP, like a pod rescheduled elsewhere.
+    /// Its namespace gets the new address (the old one vanishes) and its DNS name points to it
+    /// in every hosts file. Returns the new address; a [`Cluster::restart`] listens there.
+    pub fn move_node(&mut self, id: u64) -> Ipv4Addr {
+        assert!(
+            !self.is_running(id),
+            "move_node: node {id} is still running; kill it first"
+        );
+        let name = self
+            .dns_name(id)
+            .expect("move_node needs DNS mode: with --peers the address is fixed");
+        let ip = self.net_mut().readdress(&label(id));
+        self.net_mut().set_name(&name, Some(ip));
+        let node = self.node_mut(id);
+        node.client_addr = netns_addr(ip, true);
+        node.peer_addr = netns_addr(ip, false);
+        node.channel = status_channel(node.client_addr);
+        ip
+    }
+
+    /// Cuts node `id` off the network (peers and clients alike) until [`Cluster::heal`].
+    pub fn isolate(&mut self, id: u64) {
+        self.net_mut().isolate(&label(id));
+    }
+
+    /// Drops all traffic between node `id` and the other nodes, while the test's clients still
+    /// reach it. `false` if no firewall tool (nft, iptables) works here.
+    pub fn cut_peers(&mut self, id: u64) -> bool {
+        self.net_mut().cut_peers(&label(id))
+    }
+
+    /// Undoes [`Cluster::isolate`] and [`Cluster::cut_peers`] for node `id`.
+    pub fn heal(&mut self, id: u64) {
+        self.net_mut().heal(&label(id));
+    }
+
+    /// Heals every node.
+    pub fn heal_all(&mut self) {
+        self.net_mut().heal_all();
+    }
+
+    /// A client with the current leader as its first endpoint, so that it starts there. In DNS
+    /// mode the nodes redirect clients to DNS names that only the namespaces can resolve, so a
+    /// client in the test process must find the leader by itself.
+    pub async fn leader_client(&self) -> Client {
+        let leader = self.leader().await;
+        let first = self.client_addr(leader).to_string();
+        let mut endpoints = vec![first.clone()];
+        endpoints.extend(self.endpoints().into_iter().filter(|e| *e != first));
+        Client::connect(endpoints, test_client_options())
+            .await
+            .expect("client for the cluster")
+    }
+
+    /// What node `id` has logged since its current (or last) start.
+    pub fn log_of_current_start(&self, id: u64) -> String {
+        let node = self.node(id);
+        read_log_from(&node.log_path, node.log_offset)
+    }
+
+    /// Node `id`'s whole log, across restarts.
+    pub fn log(&self, id: u64) -> String {
+        read_log_from(&self.node(id).log_path, 0)
+    }
+
     // ----- observation ---------------------------------------------------------------------
 
     /// Node `id`'s own view (`Cluster.Status` on its client port). An error if it does not
@@ -715,7 +970,12 @@ impl Cluster {
     pub async fn statuses(&self) -> BTreeMap<u64, Result<pb::StatusResponse, String>> {
         let mut asks = JoinSet::new();
         for node in self.nodes.values() {
-            if node.process.is_some() && !node.stopped && !node.retired {
+            let isolated = self
+                .net
+                .as_ref()
+                .is_some_and(|net| net.is_isolated(&label(node.id)));
+            // A stopped or isolated node cannot answer; asking would only cost a timeout.
+            if node.process.is_some() && !node.stopped && !node.retired && !isolated {
                 let (id, channel, cluster) =
                     (node.id, node.channel.clone(), self.cluster_id.clone());
                 asks.spawn(async move { (id, status_of(id, channel, cluster).await) });
@@ -910,6 +1170,31 @@ impl Drop for Cluster {
             eprintln!("[harness] kept {}", dir.keep().display());
         }
     }
+}
+
+/// The host label of node `id` in the netns network.
+fn label(id: u64) -> String {
+    format!("n{id}")
+}
+
+/// Node address on a test host: the fixed client or peer port on its own IP.
+fn netns_addr(ip: Ipv4Addr, client: bool) -> SocketAddr {
+    let port = if client {
+        NETNS_CLIENT_PORT
+    } else {
+        NETNS_PEER_PORT
+    };
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+/// A lazily connecting channel to a node's client port, for `Cluster.Status`. Reconnects by
+/// itself after a restart.
+fn status_channel(client_addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{client_addr}"))
+        .expect("a valid URI")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(STATUS_TIMEOUT)
+        .connect_lazy()
 }
 
 async fn status_of(
