@@ -293,8 +293,6 @@ async fn node_restarted_with_empty_data_dir() {
 /// so the empty follower is never probed until the next entry is proposed — in an idle cluster
 /// it stays empty indefinitely while the leader reports it healthy and caught up.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "Raft core bug: an idle leader never catches up a follower that lost its log (no \
-            append is sent while the stale `matched` equals the last index)"]
 async fn wiped_node_catches_up_while_idle() {
     if !netns_or_skip("wiped_node_catches_up_while_idle") {
         return;

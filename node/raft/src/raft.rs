@@ -744,6 +744,24 @@ impl RawNode {
                 // The leader sends min(match, commit), so this never commits past what we hold
                 // from this leader.
                 self.log.commit_to(commit);
+                let last = self.log.last_index();
+                if commit > last {
+                    // The leader believes we hold entries we do not: our log was lost (a wiped
+                    // volume). Say so — a rejection at index 0, which cannot happen otherwise,
+                    // since index 0 always matches — so that it sends the log again even when
+                    // no new entry is coming.
+                    self.msgs.push(Message {
+                        from: self.id,
+                        to: m.from,
+                        term: self.term,
+                        body: MessageBody::AppendEntriesResponse {
+                            success: false,
+                            index: 0,
+                            reject_hint: last,
+                            reject_hint_term: self.log.term(last).unwrap_or(0),
+                        },
+                    });
+                }
                 // After persistence: the acknowledgement promises the leader a lease, which a
                 // restart must not forget (the term it was given in must be durable).
                 self.persisted_msgs.push(Message {
@@ -909,6 +927,18 @@ impl RawNode {
         hint: Index,
         hint_term: Term,
     ) {
+        if rejected == 0 {
+            // A follower reporting lost entries (see the Heartbeat handling): forget what we
+            // knew of it — lowering `matched` is always safe — and probe it from the start.
+            if let Some(pr) = self.progress.get_mut(&from)
+                && hint < pr.matched
+            {
+                pr.matched = 0;
+                pr.become_probe();
+                self.send_append(from, true);
+            }
+            return;
+        }
         // Fast back-off: skip every entry of a term the follower cannot match.
         let next_probe = if hint_term > 0 {
             self.log.find_conflict_by_term(hint, hint_term).0 + 1

@@ -1123,3 +1123,22 @@ fn follower_that_lost_its_log_is_caught_up_again() {
         c.node(1).last_index()
     );
 }
+
+/// The same with an idle cluster: no new entry will ever make the leader probe the wiped
+/// follower, so heartbeats must reveal it (the follower's log ends below the commit index the
+/// leader says it holds).
+#[test]
+fn idle_leader_notices_a_follower_that_lost_its_log() {
+    let mut c = Cluster::new(3);
+    c.elect(1);
+    for _ in 0..5 {
+        c.propose(1, b"x").expect("leader");
+    }
+    c.tick_all(2);
+    c.queue.retain(|m| m.to != 3 && m.from != 3);
+    c.disks.insert(3, Disk::default());
+    c.restart(3);
+    c.tick_all(5);
+    assert_eq!(c.node(3).last_index(), c.node(1).last_index());
+    assert_eq!(c.node(3).commit_index(), c.node(1).commit_index());
+}
