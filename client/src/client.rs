@@ -628,13 +628,21 @@ impl Client {
         (index, node.uri.clone(), node.channel.clone())
     }
 
-    /// Node `index` failed: forget it as leader and continue round-robin after it.
+    /// Node `index` failed: forget it as leader and continue round-robin after it. A node
+    /// learned from a redirect sits after the configured ones, so "after it" would wrap around to
+    /// the node that redirected there; continue after that node instead.
     fn failed(&self, index: usize) {
         let mut routing = lock(&self.inner.routing);
         if routing.leader == Some(index) {
             routing.leader = None;
         }
-        routing.next = (index + 1) % routing.endpoints.len();
+        let len = routing.endpoints.len();
+        let learned = routing.endpoints.get(index).is_some_and(|n| !n.seed);
+        routing.next = if learned {
+            (routing.next + 1) % len
+        } else {
+            (index + 1) % len
+        };
     }
 
     /// The index of the node at `uri`, opening a channel to it if it is new.

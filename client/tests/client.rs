@@ -57,6 +57,30 @@ async fn follows_the_redirect_and_caches_the_leader() {
     assert_eq!(leader.calls(), 3);
 }
 
+/// A redirect to an address this client cannot reach (e.g. a name only the cluster resolves)
+/// must not trap round-robin on the node that redirected: the next configured endpoint is tried.
+#[tokio::test]
+async fn an_unreachable_redirect_target_does_not_trap_round_robin() {
+    let unreachable = closed_port().await;
+    let follower = Fake::new();
+    *follower.redirect_to.lock().expect("lock") = Some(unreachable);
+    let follower_addr = start(follower.clone()).await;
+    let second_follower = Fake::new();
+    *second_follower.redirect_to.lock().expect("lock") = Some(closed_port().await);
+    let second_addr = start(second_follower.clone()).await;
+    let leader = Fake::new();
+    let leader_addr = start(leader.clone()).await;
+
+    let client = client(
+        &[&follower_addr, &second_addr, &leader_addr],
+        Duration::from_secs(5),
+    )
+    .await;
+    let version = client.put("k", "v").await.expect("reaches the leader");
+    assert_eq!(version, 1);
+    assert_eq!(leader.calls(), 1);
+}
+
 #[tokio::test]
 async fn rotates_past_unavailable_and_dead_endpoints() {
     let dead = closed_port().await;
