@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is the one CI runs (through .ci/run) and the README shows.
-.PHONY: run build test lint fmt purity sim-replay bench-storage
+.PHONY: run build test lint fmt purity fault sim-replay bench-storage
 
 CARGO ?= cargo
 
@@ -30,6 +30,11 @@ purity:
 # Appends/s and fsyncs/s of the write-ahead log for batch sizes 1, 16 and 256.
 bench-storage:
 	$(CARGO) bench -p raftkv-node --bench storage_wal
+
+# The fault-injection suite alone, e.g. make fault FAULT_SEEDS=20 FAULT_SECONDS=60
+# (FAULT_SEED=n replays one seed's nemesis schedule; FAULT_KEEP_HISTORY=1 keeps the histories).
+fault:
+	$(CARGO) test -p raftkv-node --test fault_suite --test fault_planted -- --nocapture
 
 # Replays one simulation seed with full output: make sim-replay SEED=1234
 sim-replay:
