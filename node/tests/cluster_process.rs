@@ -21,9 +21,10 @@ use raftkv_client::{Client, Consistency, MemberRole};
 
 /// The longest a kill -9 of the leader may keep writes from being acknowledged.
 const FAILOVER_BOUND: Duration = Duration::from_secs(15);
-/// The longest a graceful hand-over (SIGTERM to the leader) may keep writes from succeeding. A
-/// hand-over needs no election timeout, so this is far above what it should take.
-const HANDOVER_BOUND: Duration = Duration::from_secs(10);
+/// The hand-over test runs with a minimum election timeout of 40 ticks of 50 ms: a failover
+/// through an election cannot take less, so a write gap below it shows the hand-over needed none.
+const HANDOVER_ELECTION_TICKS: u64 = 40;
+const HANDOVER_BOUND: Duration = Duration::from_millis(50 * HANDOVER_ELECTION_TICKS);
 /// A bound for things that should take a second or two: progress, catch-up, promotion.
 const SLOW: Duration = Duration::from_secs(30);
 
@@ -319,7 +320,12 @@ async fn remove_member(admin: &Client, cluster: &Cluster, id: u64) {
 /// an election timeout.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_leader_hands_over() {
-    let mut cluster = Cluster::start(3).await;
+    let opts = ClusterOptions {
+        tick: Duration::from_millis(50),
+        election_ticks: HANDOVER_ELECTION_TICKS,
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start_with(3, opts).await;
     let writers = Writers::start(cluster.endpoints(), "sigterm", 2, None).await;
     writers.wait_more_acked(100, SLOW).await;
 
