@@ -626,12 +626,7 @@ impl RawNode {
                     from: self.id,
                     to: m.from,
                     term: self.term,
-                    body: MessageBody::AppendEntriesResponse {
-                        success: false,
-                        index: 0,
-                        reject_hint: 0,
-                        reject_hint_term: 0,
-                    },
+                    body: reject(0, 0, 0),
                 });
             }
             MessageBody::Heartbeat { .. } => self.msgs.push(Message {
@@ -754,12 +749,7 @@ impl RawNode {
                         from: self.id,
                         to: m.from,
                         term: self.term,
-                        body: MessageBody::AppendEntriesResponse {
-                            success: false,
-                            index: 0,
-                            reject_hint: last,
-                            reject_hint_term: self.log.term(last).unwrap_or(0),
-                        },
+                        body: reject(0, last, self.log.term(last).unwrap_or(0)),
                     });
                 }
                 // After persistence: the acknowledgement promises the leader a lease, which a
@@ -814,15 +804,7 @@ impl RawNode {
             || (self.bug(Bug::IgnorePrevLogCheck) && prev_index <= self.log.last_index());
         if !matches {
             let (hint, hint_term) = self.log.find_conflict_by_term(prev_index, prev_term);
-            self.reply_append(
-                leader,
-                MessageBody::AppendEntriesResponse {
-                    success: false,
-                    index: prev_index,
-                    reject_hint: hint,
-                    reject_hint_term: hint_term,
-                },
-            );
+            self.reply_append(leader, reject(prev_index, hint, hint_term));
             return;
         }
         let last_new = prev_index + entries.len() as u64;
@@ -834,12 +816,7 @@ impl RawNode {
             let committed = self.log.committed;
             self.reply_append(
                 leader,
-                MessageBody::AppendEntriesResponse {
-                    success: false,
-                    index: prev_index,
-                    reject_hint: committed,
-                    reject_hint_term: self.log.term(committed).unwrap_or(0),
-                },
+                reject(prev_index, committed, self.log.term(committed).unwrap_or(0)),
             );
             return;
         }
@@ -1531,6 +1508,17 @@ enum Tally {
     Won,
     Lost,
     Pending,
+}
+
+/// A rejected append: `index` is the `prev_log_index` that did not match (0: "I lost entries you
+/// think I have"), with the follower's hint for the next probe.
+fn reject(index: Index, reject_hint: Index, reject_hint_term: Term) -> MessageBody {
+    MessageBody::AppendEntriesResponse {
+        success: false,
+        index,
+        reject_hint,
+        reject_hint_term,
+    }
 }
 
 fn accept(index: Index) -> MessageBody {
