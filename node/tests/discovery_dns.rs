@@ -229,17 +229,10 @@ async fn node_restarted_with_empty_data_dir() {
     let mut cluster = Cluster::start_with(3, dns_options()).await;
     let before = write_and_verify(&cluster, "wiped1", 50).await;
     let leader = cluster.leader().await;
-    let victim = cluster
-        .member_ids()
-        .into_iter()
-        .find(|&id| id != leader)
-        .expect("a follower");
-    cluster.kill9(victim);
-    cluster.wipe(victim);
     let restarted = Instant::now();
-    cluster.restart(victim).await;
-    // One more write: an idle leader does not notice that a follower lost its log (see
-    // `wiped_node_catches_up_while_idle`); a new entry's append is rejected and reveals it.
+    let victim = wipe_a_follower(&mut cluster, leader).await;
+    // A write after the restart must reach the wiped node too (the idle case, where only
+    // heartbeats reveal the lost log, is `wiped_node_catches_up_while_idle`).
     let nudge = write_and_verify(&cluster, "wiped-nudge", 1).await;
     let log = cluster.log_of_current_start(victim);
     assert!(
@@ -285,13 +278,9 @@ async fn node_restarted_with_empty_data_dir() {
 }
 
 /// Like `node_restarted_with_empty_data_dir`, but with no write after the wiped node returns:
-/// it must still get the log back.
-///
-/// Blocked by a Raft core bug: the leader's progress for the wiped follower still says
-/// `matched = last index` from before the wipe, and heartbeat responses carry nothing that
-/// contradicts it (`handle_heartbeat_response` sends an append only if `matched < last_index`),
-/// so the empty follower is never probed until the next entry is proposed — in an idle cluster
-/// it stays empty indefinitely while the leader reports it healthy and caught up.
+/// it must still get the log back. The leader's progress still says the follower holds
+/// everything, so no append would go out; the follower reveals the loss by answering a
+/// heartbeat whose commit index is beyond its log.
 #[tokio::test(flavor = "multi_thread")]
 async fn wiped_node_catches_up_while_idle() {
     if !netns_or_skip("wiped_node_catches_up_while_idle") {
@@ -300,6 +289,13 @@ async fn wiped_node_catches_up_while_idle() {
     let mut cluster = Cluster::start_with(3, dns_options()).await;
     let before = write_and_verify(&cluster, "idle", 50).await;
     let leader = cluster.leader().await;
+    let victim = wipe_a_follower(&mut cluster, leader).await;
+    let caught_up = assert_replica_matches(&cluster, victim, &before).await;
+    println!("idle cluster: wiped node {victim} caught up in {caught_up:.2?}");
+}
+
+/// Kills a follower of `leader` with -9, deletes its data directory and restarts it; returns it.
+async fn wipe_a_follower(cluster: &mut Cluster, leader: u64) -> u64 {
     let victim = cluster
         .member_ids()
         .into_iter()
@@ -308,6 +304,5 @@ async fn wiped_node_catches_up_while_idle() {
     cluster.kill9(victim);
     cluster.wipe(victim);
     cluster.restart(victim).await;
-    let caught_up = assert_replica_matches(&cluster, victim, &before).await;
-    println!("idle cluster: wiped node {victim} caught up in {caught_up:.2?}");
+    victim
 }
