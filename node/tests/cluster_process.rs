@@ -14,9 +14,7 @@ mod process;
 
 use std::time::{Duration, Instant};
 
-use process::{
-    Cluster, ClusterOptions, History, WriteRecord, Writers, assert_problems_empty, wait_for,
-};
+use process::{Cluster, ClusterOptions, WriteRecord, Writers, wait_for};
 use raftkv_client::{Client, Consistency, MemberRole};
 
 /// The longest a kill -9 of the leader may keep writes from being acknowledged.
@@ -27,17 +25,6 @@ const HANDOVER_ELECTION_TICKS: u64 = 40;
 const HANDOVER_BOUND: Duration = Duration::from_millis(50 * HANDOVER_ELECTION_TICKS);
 /// A bound for things that should take a second or two: progress, catch-up, promotion.
 const SLOW: Duration = Duration::from_secs(30);
-
-/// Checks that node `id`, once caught up, holds exactly what `history` allows in its own copy
-/// (a STALE scan served by that node alone): replicas agree, not only the leader.
-async fn assert_replica_matches(cluster: &Cluster, id: u64, history: &History) -> Duration {
-    let caught_up = cluster.wait_caught_up(id, SLOW).await;
-    let (start, end) = history.range();
-    let local = cluster.scan_local(id, &start, &end).await;
-    let (problems, _) = history.check(&local);
-    assert_problems_empty(&problems, &format!("node {id}'s own copy"));
-    caught_up
-}
 
 /// Kill -9 the leader while four writers run; measure how long until a new leader acknowledges
 /// a write; nothing acknowledged is lost; the killed node comes back from disk and catches up.
@@ -81,7 +68,7 @@ async fn kill9_leader_under_write_load() {
     writers.wait_more_acked(100, SLOW).await;
     let history = writers.stop().await;
     let counts = history.verify(&cluster.client().await).await;
-    let caught_up = assert_replica_matches(&cluster, old, &history).await;
+    let caught_up = cluster.assert_replica_matches(old, &history, SLOW).await;
     println!(
         "kill -9: {counts:?}, longest write gap {:.2?}; node {old} restarted and caught up \
          {:.2?} after its restart ({caught_up:.2?} after the writers stopped)",
@@ -124,7 +111,7 @@ async fn restart_all_from_disk() {
     let counts = first.verify(&client).await;
     check_extras(&client, &extras).await;
     for id in cluster.member_ids() {
-        assert_replica_matches(&cluster, id, &first).await;
+        cluster.assert_replica_matches(id, &first, SLOW).await;
     }
     println!(
         "restart from disk after SIGTERM: stopped in {stop_time:.2?}, leader again {recovery:.2?} \
@@ -143,7 +130,7 @@ async fn restart_all_from_disk() {
     let counts = second.verify(&client).await;
     check_extras(&client, &extras).await;
     for id in cluster.member_ids() {
-        assert_replica_matches(&cluster, id, &second).await;
+        cluster.assert_replica_matches(id, &second, SLOW).await;
     }
     println!(
         "restart from disk after kill -9 of all: leader again {recovery:.2?} after the restarts \
@@ -294,7 +281,7 @@ async fn membership_changes_under_write_load() {
     );
     let counts = history.verify(&cluster.client().await).await;
     for &id in &remaining {
-        assert_replica_matches(&cluster, id, &history).await;
+        cluster.assert_replica_matches(id, &history, SLOW).await;
     }
     println!(
         "membership: node 4 added and promoted in {promoted:.2?}; follower {follower} removed in \
@@ -384,7 +371,7 @@ async fn sigstop_leader_then_resume() {
     writers.wait_more_acked(50, SLOW).await;
     let history = writers.stop().await;
     let counts = history.verify(&cluster.client().await).await;
-    assert_replica_matches(&cluster, old, &history).await;
+    cluster.assert_replica_matches(old, &history, SLOW).await;
     println!(
         "SIGSTOP of leader {old}: leader {new} elected {elected:.2?} later; longest write gap \
          {:.2?}; {counts:?}",
@@ -422,6 +409,6 @@ async fn member_with_lost_data_dir_catches_up() {
     writers.wait_more_acked(50, SLOW).await;
     let history = writers.stop().await;
     let counts = history.verify(&cluster.client().await).await;
-    assert_replica_matches(&cluster, victim, &history).await;
+    cluster.assert_replica_matches(victim, &history, SLOW).await;
     println!("lost data dir: node {victim} caught up in {caught_up:.2?}; {counts:?}");
 }

@@ -20,9 +20,7 @@ mod process;
 use std::time::{Duration, Instant};
 
 use process::netns::netns_or_skip;
-use process::{
-    Cluster, ClusterOptions, History, Network, Writers, assert_problems_empty, wait_for,
-};
+use process::{Cluster, ClusterOptions, History, Network, Writers, wait_for};
 
 /// The headless Service's name.
 const SERVICE: &str = "kv-peers.test";
@@ -76,16 +74,6 @@ async fn assert_one_cluster(cluster: &Cluster) {
             );
         }
     }
-}
-
-/// Checks that node `id`'s own copy (STALE scan) holds what `history` allows, once caught up.
-async fn assert_replica_matches(cluster: &Cluster, id: u64, history: &History) -> Duration {
-    let caught_up = cluster.wait_caught_up(id, SLOW).await;
-    let (start, end) = history.range();
-    let local = cluster.scan_local(id, &start, &end).await;
-    let (problems, _) = history.check(&local);
-    assert_problems_empty(&problems, &format!("node {id}'s own copy"));
-    caught_up
 }
 
 /// Three nodes started together find each other by name, elect a leader and serve writes; the
@@ -165,7 +153,7 @@ async fn nodes_start_in_any_order() {
     );
     assert_one_cluster(&cluster).await;
     let history = write_and_verify(&cluster, "order", 50).await;
-    assert_replica_matches(&cluster, 2, &history).await;
+    cluster.assert_replica_matches(2, &history, SLOW).await;
     println!(
         "start order kv-2, kv-0, kv-1: kv-2 + kv-0 formed the cluster {formed:.2?} after kv-2 \
          started (leader {leader}); kv-1 joined and caught up in {joined:.2?}; {:?}",
@@ -196,8 +184,8 @@ async fn node_restarted_with_new_address() {
     let new_ip = cluster.move_node(victim);
     let restarted = Instant::now();
     cluster.restart(victim).await;
-    let caught_up = assert_replica_matches(&cluster, victim, &during).await;
-    assert_replica_matches(&cluster, victim, &before).await;
+    let caught_up = cluster.assert_replica_matches(victim, &during, SLOW).await;
+    cluster.assert_replica_matches(victim, &before, SLOW).await;
     let reconnected = restarted.elapsed();
     // Only the leader and the moved node are left: writes need both, so they prove the link
     // between them works in both directions under the new address.
@@ -208,7 +196,7 @@ async fn node_restarted_with_new_address() {
         .expect("the other follower");
     cluster.kill9(other);
     let after = write_and_verify(&cluster, "moved3", 30).await;
-    assert_replica_matches(&cluster, victim, &after).await;
+    cluster.assert_replica_matches(victim, &after, SLOW).await;
     assert_one_cluster(&cluster).await;
     println!(
         "new address: node {victim} moved {old_ip} -> {new_ip}, restarted, reached by name and \
@@ -245,8 +233,8 @@ async fn node_restarted_with_empty_data_dir() {
         "the wiped node bootstrapped a new cluster:\n{}",
         cluster.log_tail(victim, 30)
     );
-    let caught_up = assert_replica_matches(&cluster, victim, &before).await;
-    assert_replica_matches(&cluster, victim, &nudge).await;
+    let caught_up = cluster.assert_replica_matches(victim, &before, SLOW).await;
+    cluster.assert_replica_matches(victim, &nudge, SLOW).await;
     let rejoined = restarted.elapsed();
     let other = cluster
         .member_ids()
@@ -255,7 +243,7 @@ async fn node_restarted_with_empty_data_dir() {
         .expect("the other follower");
     cluster.kill9(other);
     let after = write_and_verify(&cluster, "wiped2", 30).await;
-    assert_replica_matches(&cluster, victim, &after).await;
+    cluster.assert_replica_matches(victim, &after, SLOW).await;
     assert_one_cluster(&cluster).await;
     // The wiped node's term and vote were forgotten with its volume; it must be following the
     // leader, not campaigning with a stale term.
@@ -290,7 +278,7 @@ async fn wiped_node_catches_up_while_idle() {
     let before = write_and_verify(&cluster, "idle", 50).await;
     let leader = cluster.leader().await;
     let victim = wipe_a_follower(&mut cluster, leader).await;
-    let caught_up = assert_replica_matches(&cluster, victim, &before).await;
+    let caught_up = cluster.assert_replica_matches(victim, &before, SLOW).await;
     println!("idle cluster: wiped node {victim} caught up in {caught_up:.2?}");
 }
 

@@ -1108,6 +1108,23 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("stale scan on node {id}: {e}"))
     }
 
+    /// Checks that node `id`, once caught up (within `within`), holds in its own copy (a STALE
+    /// scan served by that node alone) exactly what `history` allows: replicas agree, not only
+    /// the leader. Returns how long catching up took.
+    pub async fn assert_replica_matches(
+        &self,
+        id: u64,
+        history: &History,
+        within: Duration,
+    ) -> Duration {
+        let caught_up = self.wait_caught_up(id, within).await;
+        let (start, end) = history.range();
+        let local = self.scan_local(id, &start, &end).await;
+        let (problems, _) = history.check(&local);
+        assert_problems_empty(&problems, &format!("node {id}'s own copy"));
+        caught_up
+    }
+
     /// The last `lines` lines of node `id`'s log.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
         let text = read_log_from(&self.node(id).log_path, 0);
