@@ -36,7 +36,7 @@ use crate::error::NodeError;
 use crate::handle::{Consistency, MemberStatus, NodeStatus, ReadQuery, ReadResult, Request};
 use crate::kv::{KvStateMachine, WriteResponse};
 use crate::members::{
-    EntryKind, MemberAddrs, MemberBook, decode_context, decode_snapshot, encode_context,
+    EntryKind, MemberAddrs, MemberBook, added_learner, decode_snapshot, encode_context,
     encode_snapshot,
 };
 use crate::metrics::Metrics;
@@ -549,8 +549,8 @@ impl Driver {
 
     async fn drain_ready(&mut self) -> Result<(), NodeError> {
         while self.raw.has_ready() {
-            let rd = self.raw.ready();
-            self.handle_ready(&rd).await?;
+            let mut rd = self.raw.ready();
+            self.handle_ready(&mut rd).await?;
             self.raw.advance(&rd);
             self.maybe_snapshot().await?;
         }
@@ -558,14 +558,15 @@ impl Driver {
         Ok(())
     }
 
-    async fn handle_ready(&mut self, rd: &Ready) -> Result<(), NodeError> {
+    /// Carries out `rd`. Its messages are moved out (`advance` does not look at them).
+    async fn handle_ready(&mut self, rd: &mut Ready) -> Result<(), NodeError> {
         // 1. Messages that need nothing durable go out now, in parallel with our own fsync. A
         //    lease is timed from just before its heartbeats leave.
         if let Some(round) = rd.sent_round {
             self.round_sent_at.insert(round, Instant::now());
         }
-        for m in &rd.messages {
-            self.transport.send(m.clone());
+        for m in std::mem::take(&mut rd.messages) {
+            self.transport.send(m);
         }
         // Learn member addresses from configuration entries as soon as they are in the log.
         for e in &rd.entries {
@@ -615,8 +616,8 @@ impl Driver {
         }
 
         // 3. Promises that depend on durable state.
-        for m in &rd.persisted_messages {
-            self.transport.send(m.clone());
+        for m in std::mem::take(&mut rd.persisted_messages) {
+            self.transport.send(m);
         }
 
         // 4. Apply, then serve what waited for it.
@@ -750,19 +751,14 @@ impl Driver {
     }
 
     fn learn_addresses(&mut self, e: &Entry) {
-        if let EntryPayload::Config {
-            change: Some(cc), ..
-        } = &e.payload
-            && cc.change_type == ConfChangeType::AddLearner
-        {
-            match decode_context(&cc.context) {
-                Ok(addrs) => {
-                    self.book.insert(cc.node_id, addrs);
-                }
-                Err(err) => {
-                    warn!(node = cc.node_id, error = %err, "membership change without addresses")
-                }
+        match added_learner(e) {
+            Some((id, Ok(addrs))) => {
+                self.book.insert(id, addrs);
             }
+            Some((id, Err(err))) => {
+                warn!(node = id, error = %err, "membership change without addresses")
+            }
+            None => {}
         }
     }
 
@@ -860,17 +856,9 @@ impl Driver {
 
     // ----- helpers --------------------------------------------------------------------------
 
+    /// Points the transport at every known member's peer address — including peers not (yet)
+    /// in the configuration: the leader answers a joining node before its entry is applied here.
     fn sync_transport_peers(&mut self) {
-        let conf = self.raw.conf_state().clone();
-        for id in conf.members().filter(|&m| m != self.id) {
-            if let Some(addrs) = self.book.get(&id)
-                && !addrs.peer.is_empty()
-            {
-                self.transport.set_peer(id, &addrs.peer);
-            }
-        }
-        // Keep senders to peers that are known but not (yet) in the configuration: the leader
-        // answers a joining node before its configuration entry is applied here.
         for (id, addrs) in &self.book {
             if *id != self.id && !addrs.peer.is_empty() {
                 self.transport.set_peer(*id, &addrs.peer);

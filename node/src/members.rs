@@ -156,6 +156,19 @@ pub fn encode_context(addrs: &MemberAddrs) -> Bytes {
     out.freeze()
 }
 
+/// The member a configuration entry adds as a learner, with the addresses its context carries
+/// (or why they do not decode); `None` for any other entry.
+pub fn added_learner(e: &raftkv_raft::Entry) -> Option<(NodeId, Result<MemberAddrs, FrameError>)> {
+    match &e.payload {
+        raftkv_raft::EntryPayload::Config {
+            change: Some(cc), ..
+        } if cc.change_type == raftkv_raft::ConfChangeType::AddLearner => {
+            Some((cc.node_id, decode_context(&cc.context)))
+        }
+        _ => None,
+    }
+}
+
 /// Decodes a membership change's context.
 pub fn decode_context(context: &Bytes) -> Result<MemberAddrs, FrameError> {
     let mut buf = context.clone();

@@ -41,7 +41,7 @@ use crate::driver::{Driver, DriverConfig, DriverParts, Observed};
 use crate::error::NodeError;
 use crate::handle::NodeHandle;
 use crate::kv::KvStateMachine;
-use crate::members::{EntryKind, MemberAddrs, MemberBook, decode_context, decode_snapshot};
+use crate::members::{EntryKind, MemberAddrs, MemberBook, added_learner, decode_snapshot};
 use crate::metrics::Metrics;
 use crate::storage::{DiskOptions, DiskStorage, LogStorage, RecoveredState, StorageThread};
 use crate::transport::{RaftService, Transport, TransportConfig};
@@ -687,20 +687,12 @@ fn serve(
 }
 
 fn learn_from_entry(book: &mut MemberBook, e: &raftkv_raft::Entry) {
-    match &e.payload {
-        raftkv_raft::EntryPayload::Config {
-            change: Some(cc), ..
-        } if cc.change_type == raftkv_raft::ConfChangeType::AddLearner => {
-            if let Ok(addrs) = decode_context(&cc.context) {
-                book.insert(cc.node_id, addrs);
-            }
-        }
-        raftkv_raft::EntryPayload::Normal(data) => {
-            if let Ok(EntryKind::MemberUpdate { id, addrs }) = EntryKind::decode(data) {
-                book.insert(id, addrs);
-            }
-        }
-        _ => {}
+    if let Some((id, Ok(addrs))) = added_learner(e) {
+        book.insert(id, addrs);
+    } else if let raftkv_raft::EntryPayload::Normal(data) = &e.payload
+        && let Ok(EntryKind::MemberUpdate { id, addrs }) = EntryKind::decode(data)
+    {
+        book.insert(id, addrs);
     }
 }
 

@@ -101,11 +101,6 @@ impl Transport {
         self.peers.remove(&id);
     }
 
-    /// The peers with a sender, and their addresses.
-    pub fn peers(&self) -> impl Iterator<Item = (NodeId, &str)> {
-        self.peers.iter().map(|(id, p)| (*id, p.addr.as_str()))
-    }
-
     /// Queues `m` for its recipient; never waits.
     pub fn send(&mut self, m: Message) {
         let to = m.to;
