@@ -148,14 +148,13 @@ impl RawNode {
     /// Builds a node from recovered (or bootstrap, or empty) state.
     pub fn new(cfg: Config, state: InitialState) -> Result<Self, Error> {
         cfg.validate()?;
-        let mut log = RaftLog::recover(
+        // `recover` treats everything handed in as durable.
+        let log = RaftLog::recover(
             state.snapshot,
             state.entries,
             state.hard_state.commit,
             state.applied,
         )?;
-        // `recover` treats everything handed in as durable.
-        log.persisted = log.last_index();
         let mut node = Self {
             id: cfg.id,
             term: state.hard_state.term,
@@ -1434,7 +1433,6 @@ impl RawNode {
         );
         if self.role == Role::Leader {
             if self.need_bcast {
-                self.need_bcast = false;
                 self.bcast_append();
             }
             if self.need_read_round {
