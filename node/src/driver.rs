@@ -866,15 +866,19 @@ impl Driver {
         }
     }
 
+    /// Member `id`'s published client address, if known.
+    fn client_addr(&self, id: NodeId) -> Option<String> {
+        self.book
+            .get(&id)
+            .map(|a| a.client.clone())
+            .filter(|c| !c.is_empty())
+    }
+
     fn leader_error(&self) -> NodeError {
         let leader_id = self.raw.leader_id();
         NodeError::NotLeader {
             leader_id,
-            leader_client_addr: self
-                .book
-                .get(&leader_id)
-                .map(|a| a.client.clone())
-                .filter(|c| !c.is_empty() && leader_id != self.id),
+            leader_client_addr: self.client_addr(leader_id).filter(|_| leader_id != self.id),
         }
     }
 
@@ -920,11 +924,7 @@ impl Driver {
             role: self.raw.role(),
             term: self.raw.term(),
             leader_id,
-            leader_client_addr: self
-                .book
-                .get(&leader_id)
-                .map(|a| a.client.clone())
-                .unwrap_or_default(),
+            leader_client_addr: self.client_addr(leader_id).unwrap_or_default(),
             commit_index: self.raw.commit_index(),
             applied_index: self.kv.applied_index(),
             cluster_id: self.cluster_id.clone(),
