@@ -87,13 +87,7 @@ impl KvService {
         };
         self.bounded(self.node.read(query, consistency)).await
     }
-}
 
-fn unexpected() -> Status {
-    Status::internal("the node answered with a result of another kind")
-}
-
-impl KvService {
     async fn do_put(&self, r: pb::PutRequest) -> Result<pb::PutResponse, Status> {
         validate_key("key", &r.key)?;
         validate_value(&r.value)?;
@@ -197,6 +191,10 @@ impl KvService {
             _ => Err(unexpected()),
         }
     }
+}
+
+fn unexpected() -> Status {
+    Status::internal("the node answered with a result of another kind")
 }
 
 #[tonic::async_trait]
