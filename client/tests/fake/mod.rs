@@ -277,6 +277,7 @@ impl Cluster for Node {
                 match_index: 9,
                 healthy: true,
             }],
+            ..Default::default()
         }))
     }
 

@@ -84,6 +84,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             applied_index: s.applied_index,
             cluster_id: s.cluster_id,
             members: members_to_wire(s.members),
+            ..Default::default()
         }))
     }
 
