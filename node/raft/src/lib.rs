@@ -11,6 +11,7 @@
 //! - [`types`]: entries, hard state, configurations, messages, `Ready`;
 //! - [`config`]: tunables with etcd's defaults;
 //! - [`error`]: what the core refuses and why;
+//! - [`lease`]: the leader's read lease, one decision shared by the node and the simulation;
 //! - `log`: the in-memory log above the last snapshot, with the commit and apply indexes;
 //! - `progress`: the leader's view of each follower (match/next index, in-flight window);
 //! - `raft`: roles, elections, replication, reads, leader transfer, membership;
@@ -30,6 +31,7 @@
 
 mod config;
 mod error;
+pub mod lease;
 mod log;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
@@ -40,6 +42,7 @@ pub mod types;
 
 pub use config::Config;
 pub use error::Error;
+pub use lease::ReadLease;
 pub use progress::ProgressState;
 pub use raft::{InitialState, PeerProgress, RawNode, Status};
 pub use types::*;

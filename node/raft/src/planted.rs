@@ -18,15 +18,25 @@ pub enum Bug {
     /// A follower appends entries without checking that its entry at `prev_log_index` has
     /// `prev_log_term` (the consistency check of §5.3).
     IgnorePrevLogCheck,
+    /// After installing a snapshot, the entries appended behind it in the same `Ready` are not
+    /// handed out for persistence (the unstable range starts at the old persisted index, below
+    /// the snapshot), yet their acknowledgement goes out after that `Ready`'s fsync.
+    AckUnpersistedAfterSnapshot,
+    /// A leader whose transfer was given up serves lease reads again once later heartbeat rounds
+    /// are acknowledged, although its `TimeoutNow` may still make the target win (applied by the
+    /// caller's [`crate::ReadLease`]).
+    LeaseAfterTransfer,
 }
 
 impl Bug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 6] = [
         Bug::CommitPreviousTerm,
         Bug::VoteWithoutLogCheck,
         Bug::VoteBeforePersist,
         Bug::IgnorePrevLogCheck,
+        Bug::AckUnpersistedAfterSnapshot,
+        Bug::LeaseAfterTransfer,
     ];
 
     /// The bug's name on the command line and in test output.
@@ -36,6 +46,8 @@ impl Bug {
             Bug::VoteWithoutLogCheck => "vote-without-log-check",
             Bug::VoteBeforePersist => "vote-before-persist",
             Bug::IgnorePrevLogCheck => "ignore-prev-log-check",
+            Bug::AckUnpersistedAfterSnapshot => "ack-unpersisted-after-snapshot",
+            Bug::LeaseAfterTransfer => "lease-after-transfer",
         }
     }
 }

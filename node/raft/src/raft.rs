@@ -188,6 +188,11 @@ impl RawNode {
             cfg,
         };
         node.prev_hard.commit = node.log.committed;
+        #[cfg(feature = "planted-bugs")]
+        {
+            node.log.plant_unstable_from_persisted =
+                node.bug(crate::planted::Bug::AckUnpersistedAfterSnapshot);
+        }
         node.reset_election_timeout();
         Ok(node)
     }
@@ -1498,6 +1503,7 @@ enum Bug {
     VoteBeforePersist,
     IgnorePrevLogCheck,
 }
+
 #[cfg(feature = "planted-bugs")]
 use crate::planted::Bug;
 

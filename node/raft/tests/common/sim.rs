@@ -100,6 +100,8 @@ pub struct Profile {
     pub commit_rule: bool,
     /// Shut removed members down once their removal committed (after this many ticks at most).
     pub decommission_after: Option<u64>,
+    /// Most messages stepped into a node per `Ready` (see [`ClusterOpts::batch_delivery`]).
+    pub batch_delivery: usize,
 }
 
 impl Profile {
@@ -128,6 +130,8 @@ impl Profile {
         let inflight = pick(&[1.0, 4.0, 256.0]) as usize;
         let size = pick(&[64.0, 600.0, 1_048_576.0]) as u64;
         let decommission = pick(&[0.0, 1.0]);
+        // Most seeds deliver several messages per Ready, as the node's driver does.
+        let batch = pick(&[1.0, 4.0, 16.0, 64.0]) as usize;
         Self {
             name: format!("randomized({seed})"),
             ticks: 500,
@@ -170,6 +174,7 @@ impl Profile {
             snapshot_threshold: (snapshot > 0).then_some(snapshot),
             commit_rule: true,
             decommission_after: (decommission > 0.0).then_some(30),
+            batch_delivery: batch,
         }
     }
 
@@ -233,6 +238,7 @@ impl Profile {
             trace,
             commit_rule: self.commit_rule,
             record_applied: false,
+            batch_delivery: self.batch_delivery,
             #[cfg(feature = "planted-bugs")]
             bug,
         }
