@@ -26,17 +26,22 @@ pub enum Bug {
     /// are acknowledged, although its `TimeoutNow` may still make the target win (applied by the
     /// caller's [`crate::ReadLease`]).
     LeaseAfterTransfer,
+    /// A node that joined with an empty log votes before it has caught up to its barrier
+    /// ([`crate::Config::catch_up_index`]), with a log that misses entries it acknowledged
+    /// before its volume was lost.
+    VoteWhileCatchingUp,
 }
 
 impl Bug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::CommitPreviousTerm,
         Bug::VoteWithoutLogCheck,
         Bug::VoteBeforePersist,
         Bug::IgnorePrevLogCheck,
         Bug::AckUnpersistedAfterSnapshot,
         Bug::LeaseAfterTransfer,
+        Bug::VoteWhileCatchingUp,
     ];
 
     /// The bug's name on the command line and in test output.
@@ -48,6 +53,7 @@ impl Bug {
             Bug::IgnorePrevLogCheck => "ignore-prev-log-check",
             Bug::AckUnpersistedAfterSnapshot => "ack-unpersisted-after-snapshot",
             Bug::LeaseAfterTransfer => "lease-after-transfer",
+            Bug::VoteWhileCatchingUp => "vote-while-catching-up",
         }
     }
 }

@@ -99,6 +99,20 @@ fn profile(bug: Bug, seed: u64) -> Profile {
             p.partition = 0.0;
             p.read = 0.2;
         }
+        Bug::VoteWhileCatchingUp => {
+            // A wiped node that held committed entries a lagging node lacks, and that votes for
+            // that node before it has caught up: three voters, lagging links, frequent wipes.
+            p.voters = 3;
+            p.spares = 0;
+            p.conf_change = 0.0;
+            p.wipe = 0.05;
+            p.down_ticks = (1, 5);
+            p.partition = 0.05;
+            p.heal = 0.05;
+            p.crash_leader = 0.01;
+            p.propose = 0.9;
+            p.snapshot_threshold = None;
+        }
     }
     p
 }
@@ -175,6 +189,11 @@ fn catches_lease_after_transfer() {
     hunt(Bug::LeaseAfterTransfer);
 }
 
+#[test]
+fn catches_vote_while_catching_up() {
+    hunt(Bug::VoteWhileCatchingUp);
+}
+
 /// Every bug has a test above: adding a bug to `Bug::ALL` without one fails here.
 #[test]
 fn every_bug_is_hunted() {
@@ -185,6 +204,7 @@ fn every_bug_is_hunted() {
         Bug::IgnorePrevLogCheck,
         Bug::AckUnpersistedAfterSnapshot,
         Bug::LeaseAfterTransfer,
+        Bug::VoteWhileCatchingUp,
     ];
     for bug in Bug::ALL {
         assert!(hunted.contains(&bug), "no test hunts planted bug {bug}");

@@ -196,6 +196,8 @@ pub struct Stats {
     pub msgs_duplicated: u64,
     /// Heartbeat rounds acknowledged by a quorum (each one extends a read lease).
     pub leases: u64,
+    /// Nodes that lost their disk and rejoined empty.
+    pub wipes: u64,
     /// Process pauses.
     pub pauses: u64,
 }
@@ -224,6 +226,7 @@ impl Stats {
         self.msgs_dropped += o.msgs_dropped;
         self.msgs_duplicated += o.msgs_duplicated;
         self.leases += o.leases;
+        self.wipes += o.wipes;
         self.pauses += o.pauses;
     }
 }
@@ -235,7 +238,7 @@ impl std::fmt::Display for Stats {
             "ticks={} elections={} proposals={} committed={} reads={}/{} snapshots taken={} \
              installed={} conf_changes proposed={} committed={} transfers={}/{} crashes={} \
              (in-ready {}) restarts={} partitions={} msgs sent={} delivered={} dropped={} dup={} \
-             leases={} pauses={}",
+             leases={} pauses={} wipes={}",
             self.ticks,
             self.elections,
             self.proposals,
@@ -257,7 +260,8 @@ impl std::fmt::Display for Stats {
             self.msgs_dropped,
             self.msgs_duplicated,
             self.leases,
-            self.pauses
+            self.pauses,
+            self.wipes
         )
     }
 }
@@ -305,6 +309,11 @@ pub struct Node {
     lease: ReadLease<u64>,
     /// How often this node has been (re)started; varies the election-timer seed.
     incarnation: u64,
+    /// The catch-up barrier `(index, log term, term)` the node got when it last came back with
+    /// an empty disk (durable, like the disk: a node keeps it across restarts).
+    pub catch_up: (Index, Term, Term),
+    /// Wiped and not restarted yet: its next start must first learn a catch-up barrier.
+    needs_barrier: bool,
 }
 
 impl Node {
@@ -326,6 +335,8 @@ impl Node {
             crash_at: None,
             lease: ReadLease::new(),
             incarnation: 0,
+            catch_up: (0, 0, 0),
+            needs_barrier: false,
         }
     }
 
@@ -546,8 +557,28 @@ impl Cluster {
         if node.is_up() || node.decommissioned {
             return;
         }
+        if node.needs_barrier {
+            match self.catch_up_barrier(id) {
+                Some(barrier) => {
+                    let node = self.nodes.get_mut(&id).expect("checked above");
+                    node.catch_up = barrier;
+                    node.needs_barrier = false;
+                    self.trace(|| format!("n{id} rejoins with catch-up barrier {barrier:?}"));
+                }
+                None => {
+                    // Like a node that cannot yet reach a quorum of the other voters: it waits.
+                    let at = self.now + 1;
+                    if let Some(node) = self.nodes.get_mut(&id) {
+                        node.down_until = Some(at);
+                    }
+                    return;
+                }
+            }
+        }
+        let node = self.nodes.get(&id).expect("checked above");
         let incarnation = node.incarnation + 1;
-        let cfg = self.config(id, incarnation);
+        let mut cfg = self.config(id, incarnation);
+        (cfg.catch_up_index, cfg.catch_up_log_term, cfg.catch_up_term) = node.catch_up;
         let node = self.nodes.get_mut(&id).expect("checked above");
         let state = node.disk.initial_state();
         let snap_index = node.disk.snapshot_index();
@@ -672,6 +703,57 @@ impl Cluster {
             node.disk = Disk::default();
             self.trace(|| format!("decommission n{id}"));
         }
+    }
+
+    /// Wipes `id`: it crashes and loses its disk (a lost volume), and restarts by itself at tick
+    /// `at` with an empty log, as a node that joins a running cluster does: first it learns a
+    /// catch-up barrier from a quorum of the other voters (see [`Cluster::catch_up_barrier`]),
+    /// waiting while it cannot reach one.
+    pub fn wipe_until(&mut self, id: NodeId, at: u64) {
+        self.crash(id);
+        if let Some(node) = self.nodes.get_mut(&id)
+            && !node.decommissioned
+        {
+            node.disk = Disk::default();
+            node.sm = StateMachine::default();
+            node.applied_log.clear();
+            node.needs_barrier = true;
+            node.down_until = Some(at);
+            self.stats.wipes += 1;
+            self.trace(|| format!("wipe n{id}"));
+        }
+    }
+
+    /// The catch-up barrier a node `id` with an empty disk learns when it joins, from the other
+    /// nodes that are running, exactly as `kvnode` computes it from their `Cluster.Status`
+    /// answers ([`raftkv_raft::catch_up_barrier`]).
+    fn catch_up_barrier(&self, id: NodeId) -> Option<(Index, Term, Term)> {
+        let now = self.now;
+        let answers: Vec<raftkv_raft::PeerLog> = self
+            .nodes
+            .values()
+            .filter(|n| n.id != id && !n.is_paused(now))
+            .filter_map(|n| n.raw.as_ref())
+            .map(|r| raftkv_raft::PeerLog {
+                id: r.id(),
+                term: r.term(),
+                last_index: r.last_index(),
+                last_log_term: r.log_term(r.last_index()).unwrap_or(0),
+                voters: r.conf_state().voters.clone(),
+            })
+            .collect();
+        let barrier = raftkv_raft::catch_up_barrier(id, &answers);
+        self.trace(|| format!("n{id} barrier from {} answers: {barrier:?}", answers.len()));
+        barrier.map(|b| (b.index, b.log_term, b.term))
+    }
+
+    /// Whether some node lost its disk and has not caught up yet (it is down waiting for a
+    /// barrier, or below its barrier). Losing a second volume meanwhile may lose committed
+    /// entries, which no consensus protocol survives.
+    pub fn any_catching_up(&self) -> bool {
+        self.nodes
+            .values()
+            .any(|n| n.needs_barrier || n.raw.as_ref().is_some_and(|r| r.catch_up_index() > 0))
     }
 
     /// Restarts every crashed (not decommissioned) node.
