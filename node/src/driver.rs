@@ -35,7 +35,9 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
 use crate::error::NodeError;
-use crate::handle::{Consistency, MemberStatus, NodeStatus, ReadQuery, ReadResult, Request};
+use crate::handle::{
+    Consistency, MemberState, MemberStatus, NodeStatus, ReadQuery, ReadResult, Request,
+};
 use crate::kv::{KvStateMachine, WriteResponse};
 use crate::members::{
     EntryKind, MemberAddrs, MemberBook, added_learner, decode_snapshot, encode_context,
@@ -62,6 +64,10 @@ pub struct DriverConfig {
     /// A deliberate bug to switch on (see [`crate::planted`]).
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<crate::planted::PlantedBug>,
+    /// Test hook (feature `planted-bugs`): hold start-up this long after the ports opened, as
+    /// if loading a large snapshot took that long.
+    #[cfg(feature = "planted-bugs")]
+    pub slow_start: Option<Duration>,
 }
 
 impl DriverConfig {
@@ -86,6 +92,8 @@ impl Default for DriverConfig {
             max_pending: 10_000,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
+            #[cfg(feature = "planted-bugs")]
+            slow_start: None,
         }
     }
 }
@@ -180,6 +188,9 @@ pub(crate) struct Driver {
     snapshot_index: Index,
     /// Last time this node asked to publish its own addresses.
     published_at: Option<Instant>,
+    /// Whether this node has been in the configuration since it started (to tell "removed"
+    /// from "not added yet").
+    was_member: bool,
 }
 
 impl Driver {
@@ -212,6 +223,7 @@ impl Driver {
             received: BTreeMap::new(),
             snapshot_index,
             published_at: None,
+            was_member: false,
         };
         driver.plant_bugs();
         driver
@@ -907,8 +919,24 @@ impl Driver {
             .collect()
     }
 
+    fn member_state(&self) -> MemberState {
+        let conf = self.raw.conf_state();
+        if self.raw.catch_up_index() > 0 && conf.contains(self.id) {
+            MemberState::CatchingUp
+        } else if conf.voters.contains(&self.id) {
+            MemberState::Voter
+        } else if conf.contains(self.id) {
+            MemberState::Learner
+        } else if self.was_member {
+            MemberState::Removed
+        } else {
+            MemberState::WaitingToBeAdded
+        }
+    }
+
     fn status(&self) -> NodeStatus {
         let leader_id = self.raw.leader_id();
+        let last_log_index = self.raw.last_index();
         NodeStatus {
             node_id: self.id,
             role: self.raw.role(),
@@ -919,10 +947,17 @@ impl Driver {
             applied_index: self.kv.applied_index(),
             cluster_id: self.cluster_id.clone(),
             members: self.members(),
+            member_state: self.member_state(),
+            last_log_index,
+            last_log_term: self.raw.log_term(last_log_index).unwrap_or(0),
+            catch_up_index: self.raw.catch_up_index(),
         }
     }
 
-    fn publish_observed(&self) {
+    fn publish_observed(&mut self) {
+        if self.raw.conf_state().contains(self.id) {
+            self.was_member = true;
+        }
         self.metrics.set_state(
             self.raw.term(),
             self.raw.role(),
