@@ -781,7 +781,9 @@ async fn inject(cluster: &mut Cluster, kind: FaultKind, target: u64, hold: Durat
             cluster.restart(target).await;
             // A second lost volume before this one caught up could lose committed writes,
             // which no consensus protocol survives: the next fault waits for the catch-up.
-            cluster.wait_caught_up(target, Duration::from_secs(60)).await;
+            cluster
+                .wait_caught_up(target, Duration::from_secs(60))
+                .await;
         }
         FaultKind::Isolate => {
             cluster.isolate(target);
