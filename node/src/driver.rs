@@ -71,15 +71,22 @@ pub struct DriverConfig {
 }
 
 impl DriverConfig {
-    /// How long a lease read may rely on a quorum's acknowledgement of a heartbeat round.
-    ///
-    /// A follower that acknowledged a round refuses votes until `election_ticks` of its ticks
-    /// have passed since it heard the heartbeat; its first tick may come right after, so it is
-    /// bound for at least `election_ticks - 1` ticks. One more tick and 10% are the margin for
-    /// clock drift and scheduling.
-    pub fn lease(&self) -> Duration {
-        let ticks = self.election_ticks.saturating_sub(2).max(1);
-        (self.tick * ticks as u32).mul_f64(0.9)
+    /// How long this node refuses (pre-)votes after it heard from a leader, by its own clock:
+    /// it refuses until `election_ticks` of its ticks have passed, and its first tick may come
+    /// right after the message, so at least `election_ticks - 1` ticks. Reported to leaders in
+    /// every response (`RaftResponse.lease_guard_ms`).
+    pub fn lease_guard(&self) -> Duration {
+        self.tick * self.election_ticks.saturating_sub(1) as u32
+    }
+
+    /// How long a lease read may rely on a quorum's acknowledgement of a heartbeat round, given
+    /// the shortest guard among the voters that answered this leader (`None`: none reported).
+    /// Every voter in the acknowledging quorum has reported its guard with that very answer, so
+    /// the shortest reported guard bounds them all, whatever timing flags each member runs
+    /// with. One of this node's ticks and 10% are the margin for clock drift and scheduling.
+    pub fn lease(&self, shortest_peer_guard: Option<Duration>) -> Duration {
+        let guard = shortest_peer_guard.map_or(self.lease_guard(), |g| g.min(self.lease_guard()));
+        guard.saturating_sub(self.tick).mul_f64(0.9)
     }
 }
 
@@ -152,6 +159,7 @@ pub(crate) struct DriverParts {
     pub cfg: DriverConfig,
     pub observed: watch::Sender<Observed>,
     pub metrics: std::sync::Arc<Metrics>,
+    pub guards: crate::transport::PeerGuards,
 }
 
 /// The event loop; see the module docs.
@@ -170,6 +178,8 @@ pub(crate) struct Driver {
     cfg: DriverConfig,
     observed: watch::Sender<Observed>,
     metrics: std::sync::Arc<Metrics>,
+    /// The lease guards peers reported (see [`DriverConfig::lease`]).
+    guards: crate::transport::PeerGuards,
 
     proposals: BTreeMap<Index, (Term, Waiter)>,
     /// When each client write was proposed, for the proposal latency histogram.
@@ -211,6 +221,7 @@ impl Driver {
             cfg: p.cfg,
             observed: p.observed,
             metrics: p.metrics,
+            guards: p.guards,
             proposals: BTreeMap::new(),
             proposed_at: BTreeMap::new(),
             #[cfg(feature = "planted-bugs")]
@@ -591,7 +602,8 @@ impl Driver {
     async fn handle_ready(&mut self, rd: &mut Ready) -> Result<(), NodeError> {
         // 1. Messages that need nothing durable go out now, in parallel with our own fsync. A
         //    lease is timed from just before its heartbeats leave.
-        let lease = self.cfg.lease();
+        let voters = self.raw.conf_state().voters.iter().copied();
+        let lease = self.cfg.lease(self.guards.shortest(voters));
         self.lease
             .on_ready(self.raw.term(), rd, Instant::now(), |sent| sent + lease);
         for m in std::mem::take(&mut rd.messages) {
@@ -1082,4 +1094,37 @@ async fn publish_via(leader_peer: &str, id: NodeId, addrs: MemberAddrs) -> Resul
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_is_bounded_by_the_shortest_guard_of_any_voter() {
+        let cfg = DriverConfig {
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            ..DriverConfig::default()
+        };
+        assert_eq!(cfg.lease_guard(), Duration::from_millis(900));
+        // Same timing everywhere: (10 - 2) ticks, less 10%.
+        assert_eq!(cfg.lease(None), Duration::from_millis(720));
+        assert_eq!(
+            cfg.lease(Some(Duration::from_millis(900))),
+            Duration::from_millis(720)
+        );
+        // A voter running with a quarter of the election timeout shortens the lease to fit it.
+        assert_eq!(
+            cfg.lease(Some(Duration::from_millis(300))),
+            Duration::from_millis(180)
+        );
+        // A voter with a longer guard does not lengthen it beyond this node's own.
+        assert_eq!(
+            cfg.lease(Some(Duration::from_secs(5))),
+            Duration::from_millis(720)
+        );
+        // A guard shorter than one tick leaves no lease at all.
+        assert_eq!(cfg.lease(Some(Duration::from_millis(50))), Duration::ZERO);
+    }
 }

@@ -38,7 +38,7 @@ use crate::kv::KvStateMachine;
 use crate::members::{EntryKind, MemberAddrs, MemberBook, added_learner, decode_snapshot};
 use crate::metrics::Metrics;
 use crate::storage::{DiskOptions, DiskStorage, LogStorage, StorageThread};
-use crate::transport::{RaftService, Transport, TransportConfig};
+use crate::transport::{PeerGuards, RaftService, Transport, TransportConfig};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -260,10 +260,12 @@ async fn start_in_span(
     let handle = NodeHandle::new(cfg.id, req_tx, started.clone());
     handle.set_status_before_start(status_on_disk(cfg.id, &recovered, identity.as_ref()));
     let metrics = Metrics::new();
+    let guards = PeerGuards::default();
     let spawned = spawn_servers(
         &cfg,
         &handle,
         &metrics,
+        &guards,
         started.clone(),
         in_tx.clone(),
         snapshots.clone(),
@@ -389,7 +391,10 @@ async fn start_in_span(
     let storage_handle = storage_thread.handle();
     let transport = Transport::new(
         cluster_id.clone(),
-        cfg.transport.clone(),
+        TransportConfig {
+            lease_guard: cfg.driver.lease_guard(),
+            ..cfg.transport.clone()
+        },
         in_tx.clone(),
         snapshots.clone(),
         metrics.clone(),
@@ -409,6 +414,7 @@ async fn start_in_span(
         cfg: cfg.driver.clone(),
         observed: obs_tx,
         metrics: metrics.clone(),
+        guards,
     });
     let driver_stop = stop_rx.clone();
     let driver_task = crate::spawn(async move {
@@ -444,6 +450,7 @@ async fn spawn_servers(
     cfg: &NodeConfig,
     handle: &NodeHandle,
     metrics: &Arc<Metrics>,
+    guards: &PeerGuards,
     started: Arc<OnceLock<String>>,
     in_tx: mpsc::Sender<crate::transport::Inbound>,
     snapshots: crate::storage::SnapshotStore,
@@ -494,10 +501,15 @@ async fn spawn_servers(
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let cluster_service =
         pb::cluster_server::ClusterServer::new(ClusterService::new(handle.clone()));
-    let raft_service =
-        pb::raft_server::RaftServer::new(RaftService::new(cfg.id, started, in_tx, snapshots))
-            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let raft_service = pb::raft_server::RaftServer::new(RaftService::new(
+        cfg.id,
+        started,
+        in_tx,
+        snapshots,
+        guards.clone(),
+    ))
+    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     servers.push(serve(
         Server::builder()
             .add_service(kv_service)

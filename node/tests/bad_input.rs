@@ -439,6 +439,7 @@ async fn malformed_raft_messages_are_refused() {
             to: 1,
             term: 0,
             kind: None,
+            lease_guard_ms: 0,
         })
         .await;
     assert_status(r, Code::InvalidArgument, &[], "Respond with no kind");

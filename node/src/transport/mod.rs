@@ -22,6 +22,38 @@ use crate::storage::StagedSnapshot;
 pub use peer::Transport;
 pub use server::RaftService;
 
+/// The lease guard each peer last reported in its responses (`RaftResponse.lease_guard_ms`),
+/// written by the Raft service as responses arrive and read by the driver when it times a lease.
+#[derive(Clone, Debug, Default)]
+pub struct PeerGuards(
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, Duration>>>,
+);
+
+impl PeerGuards {
+    /// Records what `peer` reported (0 = nothing reported: ignored).
+    pub fn record(&self, peer: NodeId, guard_ms: u64) {
+        if guard_ms == 0 {
+            return;
+        }
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(peer, Duration::from_millis(guard_ms));
+    }
+
+    /// The shortest guard reported by any of `peers` that reported one.
+    pub fn shortest(&self, peers: impl IntoIterator<Item = NodeId>) -> Option<Duration> {
+        let guards = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        peers
+            .into_iter()
+            .filter_map(|p| guards.get(&p).copied())
+            .min()
+    }
+}
+
 /// What the transport hands the driver.
 #[derive(Debug)]
 pub enum Inbound {
@@ -58,6 +90,9 @@ pub struct TransportConfig {
     pub queue_len: usize,
     /// Bytes of snapshot data per chunk.
     pub snapshot_chunk: usize,
+    /// This node's lease guard, sent with every response (`RaftResponse.lease_guard_ms`; see
+    /// [`crate::DriverConfig::lease_guard`]).
+    pub lease_guard: Duration,
 }
 
 impl Default for TransportConfig {
@@ -68,6 +103,7 @@ impl Default for TransportConfig {
             keepalive_interval: Duration::from_secs(10),
             queue_len: 1024,
             snapshot_chunk: 256 << 10,
+            lease_guard: Duration::ZERO,
         }
     }
 }

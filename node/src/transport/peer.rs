@@ -176,12 +176,16 @@ async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, sh
     // Unary calls get a deadline each; snapshot streams have none (they may be long) and rely on
     // HTTP/2 keepalive to notice a dead peer.
     let deadline = cfg.rpc_timeout;
+    let lease_guard_ms = u64::try_from(cfg.lease_guard.as_millis()).unwrap_or(u64::MAX);
     while let Some(m) = rx.recv().await {
         let result = match to_wire(&cluster_id, m) {
             Outbound::Append(r) => unary(deadline, client.append_entries(r)).await,
             Outbound::Vote(r) => unary(deadline, client.request_vote(r)).await,
             Outbound::TimeoutNow(r) => unary(deadline, client.timeout_now(r)).await,
-            Outbound::Respond(r) => unary(deadline, client.respond(r)).await,
+            Outbound::Respond(mut r) => {
+                r.lease_guard_ms = lease_guard_ms;
+                unary(deadline, client.respond(r)).await
+            }
             Outbound::Snapshot { header, meta } => {
                 if snapshot_task.as_ref().is_some_and(|t| !t.is_finished()) {
                     // One transfer at a time; the core asks again if this one fails.

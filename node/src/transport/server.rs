@@ -29,6 +29,7 @@ pub struct RaftService {
     cluster_id: Arc<OnceLock<String>>,
     tx: mpsc::Sender<Inbound>,
     snapshots: SnapshotStore,
+    guards: super::PeerGuards,
 }
 
 impl RaftService {
@@ -38,12 +39,14 @@ impl RaftService {
         cluster_id: Arc<OnceLock<String>>,
         tx: mpsc::Sender<Inbound>,
         snapshots: SnapshotStore,
+        guards: super::PeerGuards,
     ) -> Self {
         Self {
             id,
             cluster_id,
             tx,
             snapshots,
+            guards,
         }
     }
 
@@ -118,7 +121,13 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::RaftResponse>,
     ) -> Result<Response<pb::RaftAck>, Status> {
-        let (h, m) = response_from_wire(req.into_inner()).map_err(invalid)?;
+        let req = req.into_inner();
+        let guard_ms = req.lease_guard_ms;
+        let (h, m) = response_from_wire(req).map_err(invalid)?;
+        self.check(&h)?;
+        // Recorded before the message reaches the driver: an acknowledgement that extends a
+        // lease is always timed with its sender's current guard.
+        self.guards.record(h.from, guard_ms);
         self.admit(h, Inbound::Message(m))
     }
 

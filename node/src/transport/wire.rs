@@ -65,6 +65,8 @@ pub fn to_wire(cluster_id: &str, m: Message) -> Outbound {
             to,
             term,
             kind: Some(kind),
+            // Set by the peer task, which knows this node's timing.
+            lease_guard_ms: 0,
         })
     };
     match m.body {
