@@ -201,6 +201,8 @@ pub(crate) struct Driver {
     /// Whether this node has been in the configuration since it started (to tell "removed"
     /// from "not added yet").
     was_member: bool,
+    /// The channel used to publish this node's addresses, and the leader address it goes to.
+    publish_channel: Option<(String, tonic::transport::Channel)>,
 }
 
 impl Driver {
@@ -235,6 +237,7 @@ impl Driver {
             snapshot_index,
             published_at: None,
             was_member: false,
+            publish_channel: None,
         };
         driver.plant_bugs();
         driver
@@ -577,8 +580,23 @@ impl Driver {
             };
             self.published_at = Some(now);
             let (id, addrs) = (self.id, self.advertise.clone());
+            // One lazily connected channel per leader address, reused for every attempt (a
+            // channel reconnects by itself; a new connection per call would cost a handshake).
+            let channel = match &self.publish_channel {
+                Some((addr, channel)) if *addr == leader_peer => channel.clone(),
+                _ => match publish_channel(&leader_peer) {
+                    Ok(channel) => {
+                        self.publish_channel = Some((leader_peer.clone(), channel.clone()));
+                        channel
+                    }
+                    Err(e) => {
+                        debug!(error = %e, leader = %leader_peer, "bad leader peer address");
+                        return;
+                    }
+                },
+            };
             crate::spawn(async move {
-                if let Err(e) = publish_via(&leader_peer, id, addrs).await {
+                if let Err(e) = publish_via(channel, id, addrs).await {
                     debug!(error = %e, "publishing own addresses failed; will retry");
                 }
             });
@@ -1076,14 +1094,22 @@ async fn read_staged(staged: &StagedSnapshot) -> Result<Bytes, NodeError> {
     .map_err(|e| NodeError::Internal(format!("reading snapshot {index}: {e}")))
 }
 
-/// Asks the leader (on its peer port) to record this node's addresses.
-async fn publish_via(leader_peer: &str, id: NodeId, addrs: MemberAddrs) -> Result<(), String> {
-    use raftkv_proto::v1 as pb;
+/// A lazily connected channel to a leader's peer port, for address publication.
+fn publish_channel(leader_peer: &str) -> Result<tonic::transport::Channel, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{leader_peer}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    Ok(endpoint.connect_lazy())
+}
+
+/// Asks the leader (on its peer port) to record this node's addresses.
+async fn publish_via(
+    channel: tonic::transport::Channel,
+    id: NodeId,
+    addrs: MemberAddrs,
+) -> Result<(), String> {
+    use raftkv_proto::v1 as pb;
     let mut client = pb::cluster_client::ClusterClient::new(channel);
     client
         .add_member(pb::AddMemberRequest {
