@@ -28,7 +28,9 @@ pub use bytes::Bytes;
 pub use client::{CasOutcome, Client, ScanPage, Versioned};
 pub use error::Error;
 pub use options::ClientOptions;
-pub use raftkv_proto::v1::{Consistency, KeyValue, Member, MemberRole, Role, StatusResponse};
+pub use raftkv_proto::v1::{
+    Consistency, KeyValue, Member, MemberRole, MemberState, Role, StatusResponse,
+};
 
 /// The largest key the servers accept, in bytes (DESIGN §5).
 pub const MAX_KEY_LEN: usize = 4096;

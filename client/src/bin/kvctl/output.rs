@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use raftkv_client::{Member, MemberRole, Role, StatusResponse};
+use raftkv_client::{Member, MemberRole, MemberState, Role, StatusResponse};
 use serde_json::{Map, Value, json};
 
 /// Where and how results and errors are printed.
@@ -112,6 +112,20 @@ pub fn role_name(role: i32) -> &'static str {
     }
 }
 
+/// The lower-case name of where a node stands as a member (`Cluster.Status.member_state`).
+pub fn member_state_name(state: i32) -> &'static str {
+    match MemberState::try_from(state) {
+        Ok(MemberState::Unknown) | Err(_) => "unknown",
+        Ok(MemberState::Loading) => "loading",
+        Ok(MemberState::Fresh) => "fresh",
+        Ok(MemberState::WaitingToBeAdded) => "waiting-to-be-added",
+        Ok(MemberState::CatchingUp) => "catching-up",
+        Ok(MemberState::Learner) => "learner",
+        Ok(MemberState::Voter) => "voter",
+        Ok(MemberState::Removed) => "removed",
+    }
+}
+
 /// The lower-case name of a member role.
 pub fn member_role_name(role: i32) -> &'static str {
     match MemberRole::try_from(role) {
@@ -145,6 +159,10 @@ pub fn status_json(status: &StatusResponse) -> Value {
         "commit_index": status.commit_index,
         "applied_index": status.applied_index,
         "cluster_id": status.cluster_id,
+        "member_state": member_state_name(status.member_state),
+        "last_log_index": status.last_log_index,
+        "last_log_term": status.last_log_term,
+        "catch_up_index": status.catch_up_index,
         "members": status.members.iter().map(|m| member_json(m, status.leader_id)).collect::<Vec<_>>(),
     })
 }
@@ -161,11 +179,18 @@ pub fn status_text(status: &StatusResponse) -> String {
     } else {
         &status.cluster_id
     };
+    let catching_up = if status.catch_up_index > 0 {
+        format!(" until index {}", status.catch_up_index)
+    } else {
+        String::new()
+    };
     let mut text = format!(
-        "cluster {cluster_id}  leader {leader}  term {}\nanswered by node {} ({})  commit {}  applied {}\n\n",
+        "cluster {cluster_id}  leader {leader}  term {}\nanswered by node {} ({}, {}{catching_up})  last log {}  commit {}  applied {}\n\n",
         status.term,
         status.node_id,
         role_name(status.role),
+        member_state_name(status.member_state),
+        status.last_log_index,
         status.commit_index,
         status.applied_index,
     );
