@@ -4,7 +4,8 @@
 //! 1. It is sent to the cached leader, or else to the next endpoint in round-robin order.
 //! 2. FAILED_PRECONDITION with `raftkv-leader: host:port` means "not the leader, ask there": the
 //!    client opens a channel to that address (if it has none), caches it as the leader and retries
-//!    at once.
+//!    at once. An address listed in `ClientOptions::connect_to` is dialled as the address it maps
+//!    to (a name only a container network resolves, seen from outside it).
 //! 3. UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, transport errors and attempts that get no
 //!    answer within `attempt_timeout` forget the cached leader, rotate to the next endpoint and
 //!    retry after an exponential, jittered backoff — until the call's `timeout` runs out.
