@@ -72,6 +72,8 @@ async fn container_cluster_under_faults() {
 
     let history_path = std::env::temp_dir().join(format!("raftkv-{prefix}.jsonl"));
     let recorder = Recorder::create(&history_path).expect("create the history file");
+    // Printed now, so that a run that panics in a scenario leaves a trail.
+    println!("[container] history -> {}", history_path.display());
     // The recorder's clock starts now: history times are measured from here.
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -511,16 +513,21 @@ async fn replace_with_empty_volume(
         .await
         .unwrap_or_else(|e| panic!("the replaced node's status: {e}"));
     assert_eq!(me.cluster_id, cluster_id, "the replaced node's cluster");
-    // A node that forgot its term and vote must not have disturbed the leader.
-    let after = cluster
-        .status(leader)
-        .await
-        .unwrap_or_else(|e| panic!("the leader's status: {e}"));
-    assert_eq!(
-        (after.role(), after.term),
-        (pb::Role::Leader, before.term),
-        "the leader was disturbed by the node on the empty volume"
+    // A node that forgot its term and vote must not campaign while it catches up (with no
+    // configuration it votes for nobody and never campaigns). Its log says so; the leader's term
+    // is printed too, but an election elsewhere on a loaded machine would not be this node's
+    // doing, so it is not asserted.
+    assert!(
+        !log.contains("role=PreCandidate") && !log.contains("role=Candidate"),
+        "the node on the empty volume campaigned:\n{log}"
     );
+    let after = cluster.status(leader).await.map_or(0, |s| {
+        if s.role() == pb::Role::Leader {
+            s.term
+        } else {
+            0
+        }
+    });
     // It is a voter again: with the other follower down, the leader commits with it alone.
     let other = cluster
         .ids()
@@ -539,10 +546,10 @@ async fn replace_with_empty_volume(
     ctx.wait_acked_writes(1, SLOW).await;
     println!(
         "[container] follower {victim} replaced on the empty volume {volume}: joined cluster \
-         {cluster_id} (no second cluster), caught up in {caught_up:.2?}, states seen {states:?}; \
-         leader {leader} kept term {}; with node {other} down a write committed in \
-         {quorum_write:.2?}",
-        before.term
+         {cluster_id} (no second cluster), caught up in {caught_up:.2?} without campaigning, \
+         states seen {states:?}; leader {leader} in term {} before, {} after (0: not leader); \
+         with node {other} down a write committed in {quorum_write:.2?}",
+        before.term, after
     );
 }
 
@@ -551,6 +558,10 @@ async fn replace_with_empty_volume(
 async fn stop_leader(cluster: &mut DockerCluster, ctx: &Ctx<'_>) {
     let (leader, _) = leader_and_follower(cluster).await;
     ctx.wait_acked_writes(20, SLOW).await;
+    // A hand-over needs a follower that has the leader's log; make sure both are there.
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        wait_follows(cluster, id).await;
+    }
     let stopping = Instant::now();
     let (took, code) = cluster.stop(leader, GRACE);
     let (new, handed) = cluster.wait_leader(leader, SLOW).await;
