@@ -37,7 +37,8 @@ have_image() {
 started=$SECONDS
 if [ -z "$from_host" ] && have_image "$rust_image" && have_image "$registry_base"; then
   echo "==> path: from source (docker build --target node; $rust_image is available)"
-  docker build --target node --build-arg "RUST_IMAGE=$rust_image" -t "$tag" .
+  # --force-rm: a failed RUN step leaves no stopped container behind (the classic builder would).
+  docker build --force-rm --target node --build-arg "RUST_IMAGE=$rust_image" -t "$tag" .
 else
   if [ -z "$from_host" ]; then
     echo "==> path: from the host ($rust_image cannot be pulled here): cargo build --release," \
