@@ -221,8 +221,9 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// `kvctl` belongs to another package of the workspace, so `cargo test -p raftkv-node` does not
-/// build it; the image needs it next to kvnode. A no-op when it is up to date (as under
-/// `cargo test --workspace`).
+/// build it; the image needs it next to kvnode. A `-p raftkv-client` build resolves a few
+/// dependencies' features differently from `cargo test --workspace`, so the first run compiles
+/// the client (and what depends on those features) once more; later runs find it fresh.
 fn ensure_kvctl(bin_dir: &Path) {
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "-p", "raftkv-client", "--bin", "kvctl"])
