@@ -14,10 +14,14 @@
 //! Every write takes the next `seq` of the client's session once, before its first attempt, and
 //! all retries resend the identical request: the servers recognise `(client_id, seq)` and return
 //! the recorded result instead of applying the write twice.
+//!
+//! The servers remember the results of a session's last [`SESSION_WINDOW`] seqs, and open a new
+//! session only at a seq within that window (DESIGN.md §5). So a client keeps every write it has
+//! in flight within one window of its oldest unfinished write (a write waits for a slot), and
+//! when the servers answer ABORTED ("session expired") it starts a new session at seq 1.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -39,6 +43,12 @@ use crate::{ClientOptions, Error, MAX_KEY_LEN, MAX_VALUE_LEN};
 /// The most endpoints a client keeps. Redirects add the leader's address when it is not one of
 /// the configured endpoints; the cap keeps a long-lived client in a churning cluster bounded.
 const MAX_ENDPOINTS: usize = 64;
+
+/// How many seqs of one session may be in flight at once, counted from the oldest unfinished
+/// one: the servers' default session window (`SessionConfig::DEFAULT_WINDOW`). Within it every
+/// retry can still be answered from the recorded results, and a new session never starts above
+/// the seq the servers accept for an unknown session.
+pub const SESSION_WINDOW: u64 = 128;
 
 /// A value with the version (log index) of the write that produced it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +94,8 @@ struct Inner {
     // A std Mutex, not a tokio one: it is held only for a few field updates, never across an await.
     routing: Mutex<Routing>,
     session: Mutex<Session>,
-    next_seq: AtomicU64,
+    /// Woken when a write leaves the session's window (or the session is replaced).
+    slot_freed: tokio::sync::Notify,
 }
 
 /// Where to send the next attempt.
@@ -110,6 +121,40 @@ struct Node {
 #[derive(Debug)]
 struct Session {
     client_id: String,
+    /// The seq the next write takes.
+    next_seq: u64,
+    /// Seqs of writes not finished yet (see [`SESSION_WINDOW`]).
+    in_flight: BTreeSet<u64>,
+}
+
+impl Session {
+    fn new() -> Self {
+        Self {
+            client_id: new_client_id(),
+            next_seq: 1,
+            in_flight: BTreeSet::new(),
+        }
+    }
+}
+
+/// One write's seq in the session; leaving the window when dropped (the write finished, failed
+/// or its future was dropped) lets a waiting write take the next seq.
+struct WriteSlot {
+    inner: Arc<Inner>,
+    client_id: String,
+    seq: u64,
+}
+
+impl Drop for WriteSlot {
+    fn drop(&mut self) {
+        {
+            let mut session = lock(&self.inner.session);
+            if session.client_id == self.client_id {
+                session.in_flight.remove(&self.seq);
+            }
+        }
+        self.inner.slot_freed.notify_waiters();
+    }
 }
 
 /// What kind of call is running; decides the error when time runs out and leader caching.
@@ -179,10 +224,8 @@ impl Client {
                     leader: None,
                     next: 0,
                 }),
-                session: Mutex::new(Session {
-                    client_id: new_client_id(),
-                }),
-                next_seq: AtomicU64::new(1),
+                session: Mutex::new(Session::new()),
+                slot_freed: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -207,7 +250,7 @@ impl Client {
     pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64, Error> {
         let key = check_key(key.into())?;
         let value = check_value(value.into())?;
-        let (client_id, seq) = self.next_write();
+        let (client_id, seq, _slot) = self.next_write().await;
         let request = PutRequest {
             key,
             value,
@@ -255,7 +298,7 @@ impl Client {
     /// Removes `key`; returns the version it had, or `None` when it did not exist (not an error).
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<Option<u64>, Error> {
         let key = check_key(key.into())?;
-        let (client_id, seq) = self.next_write();
+        let (client_id, seq, _slot) = self.next_write().await;
         let request = DeleteRequest {
             key,
             client_id,
@@ -285,7 +328,7 @@ impl Client {
     ) -> Result<CasOutcome, Error> {
         let key = check_key(key.into())?;
         let value = check_value(value.into())?;
-        let (client_id, seq) = self.next_write();
+        let (client_id, seq, _slot) = self.next_write().await;
         let request = CompareAndSwapRequest {
             key,
             expected_version,
@@ -472,11 +515,36 @@ impl Client {
         Ok(response.leader_id)
     }
 
-    /// Takes the session and a fresh seq for one write; all its retries reuse both.
-    fn next_write(&self) -> (String, u64) {
-        let client_id = self.client_id();
-        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        (client_id, seq)
+    /// Takes the session and a fresh seq for one write; all its retries reuse both. Waits while
+    /// the session's window is full (see [`SESSION_WINDOW`]); the slot is held until the returned
+    /// guard drops.
+    async fn next_write(&self) -> (String, u64, WriteSlot) {
+        loop {
+            // Register for a wake-up before looking, so a slot freed in between is not missed.
+            let mut freed = std::pin::pin!(self.inner.slot_freed.notified());
+            freed.as_mut().enable();
+            {
+                let mut session = lock(&self.inner.session);
+                let oldest = session
+                    .in_flight
+                    .first()
+                    .copied()
+                    .unwrap_or(session.next_seq);
+                if session.next_seq < oldest + SESSION_WINDOW {
+                    let seq = session.next_seq;
+                    session.next_seq += 1;
+                    session.in_flight.insert(seq);
+                    let client_id = session.client_id.clone();
+                    let slot = WriteSlot {
+                        inner: self.inner.clone(),
+                        client_id: client_id.clone(),
+                        seq,
+                    };
+                    return (client_id, seq, slot);
+                }
+            }
+            freed.await;
+        }
     }
 
     fn kv(&self, channel: Channel) -> KvClient<Channel> {
@@ -594,10 +662,13 @@ impl Client {
         let message = status.message().to_owned();
         if let (Code::Aborted, Some(used)) = (code, session) {
             // The session is gone: later writes need a new one or they would fail the same way.
-            // Replace it only if no other task already did.
+            // Replace it only if no other task already did. The new session starts at seq 1:
+            // the servers open an unknown session only at a seq within the window.
             let mut current = lock(&self.inner.session);
             if current.client_id == used {
-                current.client_id = new_client_id();
+                *current = Session::new();
+                drop(current);
+                self.inner.slot_freed.notify_waiters();
             }
         }
         // A session-less write (a membership change) that is refused on a retry may be refused
@@ -792,13 +863,13 @@ fn normalize(endpoint: &str) -> Result<String, Error> {
     Ok(format!("http://{authority}"))
 }
 
-/// A lazily connecting channel to `uri`, with the client's timeouts and keepalive.
 /// The normalised address to dial for `endpoint`: its `connect_to` replacement, if it has one.
 fn route(connect_to: &BTreeMap<String, String>, endpoint: &str) -> Result<String, Error> {
     let uri = normalize(endpoint)?;
     Ok(connect_to.get(&uri).cloned().unwrap_or(uri))
 }
 
+/// A lazily connecting channel to `uri`, with the client's timeouts and keepalive.
 fn open_channel(uri: &str, options: &ClientOptions) -> Result<Channel, Error> {
     let endpoint =
         TonicEndpoint::from_shared(uri.to_owned()).map_err(|e| Error::InvalidEndpoint {

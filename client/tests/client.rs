@@ -232,6 +232,55 @@ async fn an_expired_session_is_replaced() {
         old_session,
         "later writes use a new session"
     );
+
+    // The client writes again after the expiry, under the new session from seq 1 (the servers
+    // open an unknown session only at a seq within the window).
+    node.abort_writes.store(false, Ordering::Relaxed);
+    node.session_rules.store(true, Ordering::Relaxed);
+    client.put("k", "v2").await.expect("write after expiry");
+    client
+        .put("k", "v3")
+        .await
+        .expect("second write after expiry");
+    let writes = node.writes();
+    assert_eq!(
+        writes,
+        vec![(client.client_id(), 1), (client.client_id(), 2)],
+        "the new session starts at seq 1"
+    );
+}
+
+/// More writes in flight on one client than the servers' session window: later seqs overtake
+/// earlier ones at the server, yet none may fall out of the window (which would be refused as
+/// ABORTED), because the client keeps its in-flight seqs within one window.
+#[tokio::test]
+async fn more_concurrent_writes_than_the_session_window() {
+    let node = Fake::new();
+    node.session_rules.store(true, Ordering::Relaxed);
+    let addr = start(node.clone()).await;
+    let client = client(&[&addr], Duration::from_secs(30)).await;
+    let started = Instant::now();
+    let writes: Vec<_> = (0..300)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.put(format!("k{i}"), "v").await })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (i, w) in writes.into_iter().enumerate() {
+        match w.await.expect("task") {
+            Ok(_) => {}
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    println!(
+        "300 concurrent writes on one client in {:?}",
+        started.elapsed()
+    );
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    let mut seqs: Vec<u64> = node.writes().into_iter().map(|(_, seq)| seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=300).collect::<Vec<u64>>(), "one seq per write");
 }
 
 #[tokio::test]

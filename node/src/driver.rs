@@ -13,12 +13,14 @@
 //! never commit.
 //!
 //! Reads. LINEARIZABLE reads go through ReadIndex; the core batches them into one heartbeat
-//! round. LEASE reads skip the round while the leader holds a lease: the lease starts when a
-//! heartbeat round was *sent* (noted just before sending) and is extended when that round is
-//! acknowledged by a quorum; it lasts [`DriverConfig::lease`], which is shorter than the time a
-//! follower that acknowledged the round refuses to vote for anyone else, minus a drift margin. It
-//! is checked against the monotonic clock when the read is served, so a leader that was paused
-//! (SIGSTOP) finds its lease expired on waking, and it ends at once when a leader transfer starts.
+//! round. LEASE reads skip the round while the leader holds a lease, decided by the core crate's
+//! [`ReadLease`] (the same code the simulation checks): the lease starts when a heartbeat round
+//! was *sent* (noted just before sending) and is extended when that round is acknowledged by a
+//! quorum; it lasts [`DriverConfig::lease`], which is shorter than the time a follower that
+//! acknowledged the round refuses to vote for anyone else, minus a drift margin. It is checked
+//! against the monotonic clock when the read is served, so a leader that was paused (SIGSTOP)
+//! finds its lease expired on waking. It is paused while a leader transfer runs and ends for the
+//! rest of the term once `TimeoutNow` was sent.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,14 +28,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use raftkv_raft::{
     ConfChange, ConfChangeType, Entry, EntryPayload, Error as RaftError, Index, NO_NODE, NodeId,
-    RawNode, Ready, Role, SnapshotMeta, Term,
+    RawNode, ReadLease, Ready, Role, SnapshotMeta, Term,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
 use crate::error::NodeError;
-use crate::handle::{Consistency, MemberStatus, NodeStatus, ReadQuery, ReadResult, Request};
+use crate::handle::{
+    Consistency, MemberState, MemberStatus, NodeStatus, ReadQuery, ReadResult, Request,
+};
 use crate::kv::{KvStateMachine, WriteResponse};
 use crate::members::{
     EntryKind, MemberAddrs, MemberBook, added_learner, decode_snapshot, encode_context,
@@ -60,6 +64,10 @@ pub struct DriverConfig {
     /// A deliberate bug to switch on (see [`crate::planted`]).
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<crate::planted::PlantedBug>,
+    /// Test hook (feature `planted-bugs`): hold start-up this long after the ports opened, as
+    /// if loading a large snapshot took that long.
+    #[cfg(feature = "planted-bugs")]
+    pub slow_start: Option<Duration>,
 }
 
 impl DriverConfig {
@@ -84,6 +92,8 @@ impl Default for DriverConfig {
             max_pending: 10_000,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
+            #[cfg(feature = "planted-bugs")]
+            slow_start: None,
         }
     }
 }
@@ -170,8 +180,7 @@ pub(crate) struct Driver {
     reads_by_ctx: BTreeMap<u64, PendingRead>,
     reads_waiting_apply: Vec<(Index, PendingRead)>,
     next_read_ctx: u64,
-    round_sent_at: BTreeMap<u64, Instant>,
-    lease_until: Option<Instant>,
+    lease: ReadLease<Instant>,
     transfers: Vec<TransferWait>,
     /// Snapshots received from a leader, by (index, term), until the core installs one.
     received: BTreeMap<(Index, Term), StagedSnapshot>,
@@ -179,6 +188,9 @@ pub(crate) struct Driver {
     snapshot_index: Index,
     /// Last time this node asked to publish its own addresses.
     published_at: Option<Instant>,
+    /// Whether this node has been in the configuration since it started (to tell "removed"
+    /// from "not added yet").
+    was_member: bool,
 }
 
 impl Driver {
@@ -206,12 +218,12 @@ impl Driver {
             reads_by_ctx: BTreeMap::new(),
             reads_waiting_apply: Vec::new(),
             next_read_ctx: 1,
-            round_sent_at: BTreeMap::new(),
-            lease_until: None,
+            lease: ReadLease::new(),
             transfers: Vec::new(),
             received: BTreeMap::new(),
             snapshot_index,
             published_at: None,
+            was_member: false,
         };
         driver.plant_bugs();
         driver
@@ -223,6 +235,9 @@ impl Driver {
         use crate::planted::PlantedBug;
         match self.cfg.planted_bug {
             Some(PlantedBug::SessionNoDedup) => self.kv.plant_no_dedup(),
+            Some(PlantedBug::Core(raftkv_raft::planted::Bug::LeaseAfterTransfer)) => {
+                self.lease.plant_lease_after_transfer();
+            }
             Some(PlantedBug::AckBeforeFsync) if self.write_behind.is_none() => {
                 let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, WriteBatch)>();
                 let storage = self.storage.clone();
@@ -366,8 +381,7 @@ impl Driver {
                     let _ = reply.send(Ok(self.id));
                 }
                 Ok(target) => {
-                    // Leases end the moment a transfer starts (the target may win at once).
-                    self.lease_until = None;
+                    // The core refuses lease reads while the transfer runs (`ReadLease`).
                     let deadline =
                         Instant::now() + self.cfg.tick * (2 * self.cfg.election_ticks) as u32;
                     self.transfers.push(TransferWait {
@@ -480,10 +494,7 @@ impl Driver {
     }
 
     fn lease_valid(&self, now: Instant) -> bool {
-        self.raw.role() == Role::Leader
-            && self.raw.lead_transferee().is_none()
-            && self.raw.has_committed_in_term()
-            && self.lease_until.is_some_and(|until| now < until)
+        self.lease.is_valid(&self.raw, now)
     }
 
     fn execute(&self, q: &ReadQuery) -> ReadResult {
@@ -562,9 +573,9 @@ impl Driver {
     async fn handle_ready(&mut self, rd: &mut Ready) -> Result<(), NodeError> {
         // 1. Messages that need nothing durable go out now, in parallel with our own fsync. A
         //    lease is timed from just before its heartbeats leave.
-        if let Some(round) = rd.sent_round {
-            self.round_sent_at.insert(round, Instant::now());
-        }
+        let lease = self.cfg.lease();
+        self.lease
+            .on_ready(self.raw.term(), rd, Instant::now(), |sent| sent + lease);
         for m in std::mem::take(&mut rd.messages) {
             self.transport.send(m);
         }
@@ -630,13 +641,6 @@ impl Driver {
             }
         }
         self.serve_applied_reads();
-        if let Some(round) = rd.acked_round {
-            if let Some(&sent) = self.round_sent_at.get(&round) {
-                let until = sent + self.cfg.lease();
-                self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
-            }
-            self.round_sent_at = self.round_sent_at.split_off(&(round + 1));
-        }
         if let Some(ss) = rd.soft_state {
             self.on_soft_state(ss.role, ss.leader_id);
         }
@@ -770,8 +774,6 @@ impl Driver {
             "role change"
         );
         if role != Role::Leader {
-            self.lease_until = None;
-            self.round_sent_at.clear();
             let leader = self.leader_error();
             self.proposed_at.clear();
             for (_, (_, w)) in std::mem::take(&mut self.proposals) {
@@ -917,8 +919,24 @@ impl Driver {
             .collect()
     }
 
+    fn member_state(&self) -> MemberState {
+        let conf = self.raw.conf_state();
+        if self.raw.catch_up_index() > 0 && conf.contains(self.id) {
+            MemberState::CatchingUp
+        } else if conf.voters.contains(&self.id) {
+            MemberState::Voter
+        } else if conf.contains(self.id) {
+            MemberState::Learner
+        } else if self.was_member {
+            MemberState::Removed
+        } else {
+            MemberState::WaitingToBeAdded
+        }
+    }
+
     fn status(&self) -> NodeStatus {
         let leader_id = self.raw.leader_id();
+        let last_log_index = self.raw.last_index();
         NodeStatus {
             node_id: self.id,
             role: self.raw.role(),
@@ -929,10 +947,17 @@ impl Driver {
             applied_index: self.kv.applied_index(),
             cluster_id: self.cluster_id.clone(),
             members: self.members(),
+            member_state: self.member_state(),
+            last_log_index,
+            last_log_term: self.raw.log_term(last_log_index).unwrap_or(0),
+            catch_up_index: self.raw.catch_up_index(),
         }
     }
 
-    fn publish_observed(&self) {
+    fn publish_observed(&mut self) {
+        if self.raw.conf_state().contains(self.id) {
+            self.was_member = true;
+        }
         self.metrics.set_state(
             self.raw.term(),
             self.raw.role(),

@@ -6,7 +6,7 @@
 //! [`NodeError::Overloaded`] (RESOURCE_EXHAUSTED) rather than by waiting, so overload never piles
 //! up unbounded work behind the Raft loop.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use raftkv_raft::{NodeId, Role};
@@ -71,8 +71,29 @@ pub struct MemberStatus {
     pub healthy: bool,
 }
 
+/// Where a node stands in its life as a member (`Cluster.Status.member_state`; the proto's
+/// comments are the contract the operator decides by).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemberState {
+    /// Ports open, state on disk still loading; never counted as fresh by a deciding peer.
+    #[default]
+    Loading,
+    /// Empty data directory, asking peers whether a cluster exists.
+    Fresh,
+    /// Knows its cluster, not in its configuration (yet).
+    WaitingToBeAdded,
+    /// Rejoined with an empty log; below its catch-up barrier, so it does not vote.
+    CatchingUp,
+    /// A learner.
+    Learner,
+    /// A voter.
+    Voter,
+    /// Removed from the configuration.
+    Removed,
+}
+
 /// A node's view of itself and the cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStatus {
     /// This node.
     pub node_id: NodeId,
@@ -92,6 +113,14 @@ pub struct NodeStatus {
     pub cluster_id: String,
     /// The configuration in force.
     pub members: Vec<MemberStatus>,
+    /// Where this node stands.
+    pub member_state: MemberState,
+    /// The index of the last entry in its log.
+    pub last_log_index: u64,
+    /// The term of that entry.
+    pub last_log_term: u64,
+    /// Its catch-up barrier while below it, else 0.
+    pub catch_up_index: u64,
 }
 
 /// What the driver can be asked.
@@ -134,6 +163,8 @@ pub struct NodeHandle {
     id: NodeId,
     tx: mpsc::Sender<Request>,
     started: Arc<OnceLock<String>>,
+    /// What `status` answers until the driver runs (loading, fresh, ...).
+    before_start: Arc<Mutex<NodeStatus>>,
 }
 
 impl NodeHandle {
@@ -142,7 +173,34 @@ impl NodeHandle {
         tx: mpsc::Sender<Request>,
         started: Arc<OnceLock<String>>,
     ) -> Self {
-        Self { id, tx, started }
+        let before_start = NodeStatus {
+            node_id: id,
+            ..NodeStatus::default()
+        };
+        Self {
+            id,
+            tx,
+            started,
+            before_start: Arc::new(Mutex::new(before_start)),
+        }
+    }
+
+    /// Sets what `Cluster.Status` answers before the driver runs.
+    pub(crate) fn set_status_before_start(&self, status: NodeStatus) {
+        *self
+            .before_start
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = status;
+    }
+
+    /// What the node says about itself before its driver runs: loading its state (with the
+    /// cluster id, term and log position from disk, so that no peer mistakes it for fresh) or
+    /// fresh and deciding.
+    pub fn status_before_start(&self) -> NodeStatus {
+        self.before_start
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// This node's id.

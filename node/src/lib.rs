@@ -10,13 +10,17 @@
 //! - [`api`]: the client-facing `Kv` and `Cluster` services;
 //! - `driver`: the event loop that ties the core, storage, transport and state machine together;
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint;
-//! - [`node`]: bootstrap or join, servers, start and stop;
+//! - `bootstrap`: the identity file, and bootstrap or join (with the catch-up barrier) for a node
+//!   with an empty data directory;
+//! - [`node`]: servers, start and stop;
+//! - `task`: spawning tasks inside the node's tracing span;
 //! - [`handle`], [`error`]: how callers talk to a running node and what can go wrong.
 //!
 //! `kv`, `storage` and `members` know nothing of gRPC or tokio; only `driver`, `transport`, `api`
 //! and `node` do.
 
 pub mod api;
+mod bootstrap;
 pub mod discovery;
 mod driver;
 pub mod error;
@@ -28,20 +32,13 @@ pub mod node;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 pub mod storage;
+mod task;
 pub mod transport;
 
+pub use bootstrap::derive_cluster_id;
 pub use driver::{DriverConfig, Observed};
 pub use error::NodeError;
 pub use handle::NodeHandle;
 pub use node::{NodeConfig, RunningNode, StartError, start, start_with_listeners};
 
-/// Spawns a task that stays inside the caller's tracing span (`node{id=..}`), so that every log
-/// line a node's tasks write names the node, even with several nodes in one process (tests).
-pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    use tracing::Instrument as _;
-    tokio::spawn(future.in_current_span())
-}
+pub(crate) use task::{join_all, spawn};

@@ -1,25 +1,15 @@
-//! Starting and stopping a node: storage, bootstrap or join, the two gRPC servers and the driver.
+//! Starting and stopping a node: storage, identity, the two gRPC servers and the driver.
 //!
 //! Ports. The client port serves `Kv`, `Cluster` and the gRPC health service; the peer port serves
 //! `Raft`, `Cluster` (so that peers can ask "which cluster is this?" and members can publish their
 //! addresses) and health. Separate ports let a NetworkPolicy fence the peer port.
 //!
-//! Bootstrap (DESIGN.md §6). A node with Raft state on disk ignores every bootstrap flag. A node
-//! with an empty data directory serves both ports at once (Status answers "no cluster yet";
-//! Raft and Kv traffic is refused) and asks its peers for their status, every half second:
-//! - if any of them belongs to a cluster that has elected a leader (term above the bootstrap term,
-//!   or a known leader), this node must not bootstrap: it may be a member whose volume was lost,
-//!   and voting with a forgotten term would be unsafe. It adopts that cluster's id and starts with
-//!   an empty configuration. With no configuration it votes for nobody and never campaigns; the
-//!   leader replicates the log (or a snapshot) to it if it is a member, or once it is added;
-//! - an initial member (`id <= initial_cluster_size`) bootstraps the first configuration
-//!   `1..=initial_cluster_size` only when a quorum of that configuration, itself included, has
-//!   answered that it is fresh. Why a quorum: a cluster that ever elected a leader has a quorum
-//!   of its initial voters at a term above the bootstrap term, so a fresh quorum proves there is
-//!   no such cluster, whereas peers that merely do not answer prove nothing. Every initial
-//!   member writes the same bootstrap entry, and the cluster id is derived from
-//!   `--initial-cluster-token` and the configuration, so they agree without further talk;
-//! - a node that is not an initial member waits until it finds the running cluster.
+//! Start-up order. Storage is opened (the WAL read back) and the identity file read before the
+//! ports open; from the moment they accept a connection, `Cluster.Status` tells the truth about
+//! what is on disk: `MEMBER_STATE_LOADING` with the cluster id, term and last log position while
+//! the snapshot is decoded, or `MEMBER_STATE_FRESH` for an empty data directory, which then
+//! decides whether to bootstrap or to join (module `bootstrap`). Raft and Kv traffic is refused
+//! as UNAVAILABLE until the driver runs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,13 +27,17 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::api::{ClusterService, KvService, MAX_GRPC_MESSAGE_BYTES};
+pub use crate::bootstrap::derive_cluster_id;
+use crate::bootstrap::{
+    Origin, bootstrap_or_join, has_state, read_identity, status_on_disk, write_bootstrap_state,
+};
 use crate::driver::{Driver, DriverConfig, DriverParts, Observed};
 use crate::error::NodeError;
 use crate::handle::NodeHandle;
 use crate::kv::KvStateMachine;
 use crate::members::{EntryKind, MemberAddrs, MemberBook, added_learner, decode_snapshot};
 use crate::metrics::Metrics;
-use crate::storage::{DiskOptions, DiskStorage, LogStorage, RecoveredState, StorageThread};
+use crate::storage::{DiskOptions, DiskStorage, LogStorage, StorageThread};
 use crate::transport::{RaftService, Transport, TransportConfig};
 
 /// Everything a node needs to start.
@@ -175,23 +169,6 @@ impl RunningNode {
     }
 }
 
-/// The cluster id of a cluster bootstrapped from `token` with voters `1..=size`: FNV-1a over
-/// both, so every initial member computes the same id on its own.
-pub fn derive_cluster_id(token: &str, size: u64) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in token
-        .as_bytes()
-        .iter()
-        .chain(b"\0")
-        .chain(size.to_string().as_bytes())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-const CLUSTER_ID_FILE: &str = "cluster_id";
 /// How long `stop` lets the servers finish requests in flight before closing connections.
 const SERVER_DRAIN: Duration = Duration::from_secs(3);
 
@@ -200,156 +177,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn read_cluster_id(dir: &Path) -> Result<Option<String>, StartError> {
-    let path = dir.join(CLUSTER_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(s) => {
-            let id = s.trim().to_string();
-            if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(StartError::Invalid(format!(
-                    "{} does not hold a valid cluster id",
-                    path.display()
-                )));
-            }
-            Ok(Some(id))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(&path)(e)),
-    }
-}
-
-/// Writes the cluster id atomically: temp file, fsync, rename, fsync the directory.
-fn write_cluster_id(dir: &Path, id: &str) -> Result<(), StartError> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{CLUSTER_ID_FILE}.tmp"));
-    let path = dir.join(CLUSTER_ID_FILE);
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(format!("{id}\n").as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    Ok(())
-}
-
-/// What a peer said about its cluster.
-struct PeerView {
-    node_id: NodeId,
-    cluster_id: String,
-    term: u64,
-    leader_id: NodeId,
-}
-
-impl PeerView {
-    /// Part of a cluster that has elected a leader.
-    fn is_running(&self) -> bool {
-        !self.cluster_id.is_empty() && (self.term > 1 || self.leader_id != 0)
-    }
-}
-
-async fn ask_peer(addr: &str) -> Option<PeerView> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(1));
-    let channel = endpoint.connect().await.ok()?;
-    let status = pb::cluster_client::ClusterClient::new(channel)
-        .status(pb::StatusRequest {})
-        .await
-        .ok()?
-        .into_inner();
-    Some(PeerView {
-        node_id: status.node_id,
-        cluster_id: status.cluster_id,
-        term: status.term,
-        leader_id: status.leader_id,
-    })
-}
-
-/// Asks every peer at once; the answers of those that answered.
-async fn ask_peers(peers: &BTreeMap<NodeId, String>) -> Vec<PeerView> {
-    let asks = peers
-        .values()
-        .cloned()
-        .map(|addr| async move { ask_peer(&addr).await });
-    futures_join_all(asks).await.into_iter().flatten().collect()
-}
-
-/// Decides, for a node with an empty data directory, whether to join a running cluster or to
-/// bootstrap the initial one (see the module docs). Returns the cluster id, and the state to
-/// start from when it bootstrapped.
-async fn bootstrap_or_join(
-    cfg: &NodeConfig,
-    storage: &mut DiskStorage,
-) -> Result<(String, Option<RecoveredState>), StartError> {
-    let others: BTreeMap<NodeId, String> = cfg
-        .peers
-        .iter()
-        .filter(|(id, _)| **id != cfg.id)
-        .map(|(id, a)| (*id, a.clone()))
-        .collect();
-    let size = cfg.initial_cluster_size;
-    let initial = cfg.id <= size;
-    let quorum = size / 2 + 1;
-    let mut rounds = 0u64;
-    loop {
-        let views = ask_peers(&others).await;
-        if let Some(running) = views.iter().find(|v| v.is_running()) {
-            info!(cluster_id = %running.cluster_id, "found a running cluster; waiting for the leader");
-            write_cluster_id(&cfg.data_dir, &running.cluster_id)?;
-            return Ok((running.cluster_id.clone(), None));
-        }
-        let fresh = 1 + views
-            .iter()
-            .filter(|v| v.node_id != cfg.id && v.node_id >= 1 && v.node_id <= size)
-            .count() as u64;
-        if initial && fresh >= quorum {
-            let id = derive_cluster_id(&cfg.initial_cluster_token, size);
-            let boot = RawNode::bootstrap(1..=size);
-            storage.append(&boot.entries)?;
-            storage.set_hard_state(boot.hard_state)?;
-            storage.sync()?;
-            write_cluster_id(&cfg.data_dir, &id)?;
-            info!(cluster_id = %id, size, "bootstrapped a new cluster");
-            return Ok((id, Some(storage.initial_state()?)));
-        }
-        if rounds.is_multiple_of(20) {
-            if initial {
-                info!(
-                    fresh,
-                    quorum, "waiting for a quorum of initial members to answer"
-                );
-            } else {
-                info!("not an initial member: waiting to find the running cluster");
-            }
-        }
-        rounds += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Polls a set of futures to completion concurrently (a tiny `join_all`, to avoid a dependency).
-async fn futures_join_all<F, T>(futs: impl Iterator<Item = F>) -> Vec<T>
-where
-    F: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let handles: Vec<JoinHandle<T>> = futs.map(crate::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
-}
-
-fn has_state(r: &RecoveredState) -> bool {
-    r.snapshot.is_some() || !r.entries.is_empty() || r.hard_state != Default::default()
 }
 
 /// Binds both ports and starts the node.
@@ -404,16 +231,24 @@ async fn start_in_span(
     let raft_dir = cfg.data_dir.join("raft");
     let (mut storage, mut recovered) = DiskStorage::open(&raft_dir, DiskOptions::default())?;
     let snapshots = storage.snapshot_store();
+    let identity = read_identity(&cfg.data_dir)?;
+    if has_state(&recovered) && identity.is_none() {
+        return Err(StartError::Invalid(format!(
+            "{} holds Raft state but no cluster id; refusing to guess",
+            cfg.data_dir.display()
+        )));
+    }
 
     // Serve both ports before deciding which cluster we are in: peers that are deciding too must
     // be able to ask us (see the module docs). Until `started` is set, Raft and Kv traffic is
-    // refused as UNAVAILABLE and Status says "no cluster yet".
+    // refused as UNAVAILABLE and Status says what is on disk.
     let started: Arc<OnceLock<String>> = Arc::default();
     let (req_tx, req_rx) = mpsc::channel(4096);
     let (in_tx, in_rx) = mpsc::channel(4096);
     let (obs_tx, obs_rx) = watch::channel(Observed::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let handle = NodeHandle::new(cfg.id, req_tx, started.clone());
+    handle.set_status_before_start(status_on_disk(cfg.id, &recovered, identity.as_ref()));
     let metrics = Metrics::new();
     let spawned = spawn_servers(
         &cfg,
@@ -440,26 +275,33 @@ async fn start_in_span(
         e
     };
 
-    let on_disk = read_cluster_id(&cfg.data_dir).map_err(stop_servers)?;
-    let cluster_id = match (has_state(&recovered), on_disk) {
-        (true, Some(id)) => id,
-        (true, None) => {
-            return Err(stop_servers(StartError::Invalid(format!(
-                "{} holds Raft state but no cluster id; refusing to guess",
-                cfg.data_dir.display()
-            ))));
+    #[cfg(feature = "planted-bugs")]
+    if let Some(delay) = cfg.driver.slow_start {
+        // Test hook: a node whose state takes long to load (a large snapshot).
+        tokio::time::sleep(delay).await;
+    }
+
+    let identity = match identity {
+        Some(identity) => {
+            if let (false, Origin::Bootstrap { size }) = (has_state(&recovered), identity.origin) {
+                // The node crashed after deciding to bootstrap and before its Raft state was
+                // durable: the bootstrap writes are deterministic, so redo them.
+                recovered = write_bootstrap_state(&mut storage, size).map_err(stop_servers)?;
+                info!(cluster_id = %identity.cluster_id, size, "completed an interrupted bootstrap");
+            }
+            identity
         }
-        (false, Some(id)) => id, // joined before, still waiting for the leader
-        (false, None) => {
-            let (id, state) = bootstrap_or_join(&cfg, &mut storage)
+        None => {
+            let (identity, state) = bootstrap_or_join(&cfg, &mut storage, &handle)
                 .await
                 .map_err(stop_servers)?;
             if let Some(state) = state {
                 recovered = state;
             }
-            id
+            identity
         }
     };
+    let cluster_id = identity.cluster_id.clone();
 
     // The state machine: the snapshot's state, then the committed entries replayed by the core.
     let mut book: MemberBook = cfg
@@ -509,6 +351,11 @@ async fn start_in_span(
     raft_cfg.election_tick = cfg.driver.election_ticks;
     raft_cfg.heartbeat_tick = 1;
     raft_cfg.seed = cfg.seed.unwrap_or_else(random_seed);
+    if let Some(barrier) = identity.catch_up() {
+        raft_cfg.catch_up_index = barrier.index;
+        raft_cfg.catch_up_log_term = barrier.log_term;
+        raft_cfg.catch_up_term = barrier.term;
+    }
     // A single message must carry the largest entry (1 MiB value + key + session).
     raft_cfg.max_size_per_msg = 2 << 20;
     #[cfg(feature = "planted-bugs")]
@@ -703,18 +550,4 @@ fn random_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     nanos ^ (u64::from(std::process::id()) << 32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_ids_depend_on_token_and_size() {
-        let a = derive_cluster_id("raftkv", 3);
-        assert_eq!(a, derive_cluster_id("raftkv", 3));
-        assert_ne!(a, derive_cluster_id("raftkv", 5));
-        assert_ne!(a, derive_cluster_id("other", 3));
-        assert_eq!(a.len(), 16);
-    }
 }

@@ -35,6 +35,13 @@ pub struct Fake {
     pub hang: AtomicBool,
     /// When set, every write is answered ABORTED (session expired).
     pub abort_writes: AtomicBool,
+    /// When set, writes follow the servers' session rules (DESIGN.md §5, window 128): an unknown
+    /// session must start at a seq <= 128, and a seq at or below `highest - 128` of its session
+    /// is ABORTED. Each write is also held for a time that shrinks as its seq grows, so that
+    /// later writes overtake earlier ones, as they may on a real network.
+    pub session_rules: AtomicBool,
+    /// Highest seq recorded per session (with `session_rules`).
+    highest_seq: Mutex<std::collections::BTreeMap<String, u64>>,
     /// This many writes are recorded and applied, but their answer never arrives (the
     /// response is "lost": the handler sleeps far beyond any client timeout).
     pub lose_responses: AtomicU32,
@@ -108,6 +115,27 @@ impl Fake {
     ) -> Result<T, Status> {
         if self.abort_writes.load(Ordering::Relaxed) {
             return Err(Status::aborted("session expired"));
+        }
+        if self.session_rules.load(Ordering::Relaxed) {
+            const WINDOW: u64 = 128;
+            let hold = 100_000u64.saturating_sub(seq.min(1000) * 100);
+            tokio::time::sleep(Duration::from_micros(hold)).await;
+            let mut highest = self.highest_seq.lock().expect("fake lock");
+            match highest.get(client_id).copied() {
+                None if seq > WINDOW => {
+                    return Err(Status::aborted(format!(
+                        "session expired: unknown session starting at seq {seq} > {WINDOW}"
+                    )));
+                }
+                Some(h) if seq + WINDOW <= h => {
+                    return Err(Status::aborted(format!(
+                        "session expired: seq {seq} is below the window of highest seq {h}"
+                    )));
+                }
+                h => {
+                    highest.insert(client_id.to_owned(), h.unwrap_or(0).max(seq));
+                }
+            }
         }
         self.writes
             .lock()

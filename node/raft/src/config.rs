@@ -28,6 +28,21 @@ pub struct Config {
     pub max_size_per_msg: u64,
     /// Seed for the election-timeout randomisation. The core uses no other randomness.
     pub seed: u64,
+    /// The catch-up barrier of a node that joined a running cluster with an empty log (a lost
+    /// volume, or a new member): the position (index, and the term of the entry there) of a log
+    /// that holds every entry committed so far. Until its own log is at least as up-to-date as
+    /// that position (§5.4.1's order), the node grants votes and pre-votes only to candidates
+    /// whose log is, and it neither campaigns nor obeys `TimeoutNow`. Any entry it acknowledged
+    /// before it lost its log and that a quorum counted is therefore in the log of every leader
+    /// it helps elect. 0: none. The caller persists it (it must survive restarts until reached)
+    /// and learns it from a quorum of the other voters (see `kvnode`'s bootstrap module).
+    pub catch_up_index: crate::types::Index,
+    /// The term of the entry at [`Config::catch_up_index`].
+    pub catch_up_log_term: crate::types::Term,
+    /// With the barrier: the highest current term the node learned of when it joined. It
+    /// grants no vote in this term or an earlier one, ever: it may have voted in them before it
+    /// lost its state, and a second vote in one term could elect two leaders. 0: none.
+    pub catch_up_term: crate::types::Term,
     /// A deliberate safety bug to switch on, for proving that the tests catch it.
     #[cfg(feature = "planted-bugs")]
     pub bug: Option<crate::planted::Bug>,
@@ -46,6 +61,9 @@ impl Config {
             max_inflight_msgs: 256,
             max_size_per_msg: 1 << 20,
             seed: id,
+            catch_up_index: 0,
+            catch_up_log_term: 0,
+            catch_up_term: 0,
             #[cfg(feature = "planted-bugs")]
             bug: None,
         }

@@ -11,6 +11,8 @@
 //! - [`types`]: entries, hard state, configurations, messages, `Ready`;
 //! - [`config`]: tunables with etcd's defaults;
 //! - [`error`]: what the core refuses and why;
+//! - [`catch_up`]: the barrier a node that rejoins with an empty log must reach before it votes;
+//! - [`lease`]: the leader's read lease, one decision shared by the node and the simulation;
 //! - `log`: the in-memory log above the last snapshot, with the commit and apply indexes;
 //! - `progress`: the leader's view of each follower (match/next index, in-flight window);
 //! - `raft`: roles, elections, replication, reads, leader transfer, membership;
@@ -28,8 +30,10 @@
 //! New members always start as learners and are promoted by the leader once caught up, so adding a
 //! member never costs availability while it copies the log.
 
+pub mod catch_up;
 mod config;
 mod error;
+pub mod lease;
 mod log;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
@@ -38,8 +42,10 @@ mod raft;
 mod rng;
 pub mod types;
 
+pub use catch_up::{CatchUp, PeerLog, catch_up_barrier};
 pub use config::Config;
 pub use error::Error;
+pub use lease::ReadLease;
 pub use progress::ProgressState;
 pub use raft::{InitialState, PeerProgress, RawNode, Status};
 pub use types::*;

@@ -31,6 +31,9 @@ pub(crate) struct RaftLog {
     /// Configurations in log order: the first is the snapshot's, each later one belongs to a
     /// configuration entry still in the log. The last one is in force.
     confs: Vec<(Index, ConfState)>,
+    /// Planted bug `ack-unpersisted-after-snapshot`.
+    #[cfg(feature = "planted-bugs")]
+    pub(crate) plant_unstable_from_persisted: bool,
 }
 
 impl RaftLog {
@@ -51,6 +54,8 @@ impl RaftLog {
             pending_snapshot: None,
             snapshot_in_flight: false,
             snapshot,
+            #[cfg(feature = "planted-bugs")]
+            plant_unstable_from_persisted: false,
         };
         for entry in entries {
             if entry.index != log.last_index() + 1 {
@@ -235,8 +240,23 @@ impl RaftLog {
     }
 
     /// Entries not yet handed to the caller for persistence.
+    ///
+    /// They start after the persisted index or after the snapshot, whichever is later: after a
+    /// snapshot from the leader is installed, `persisted` may still lie below it (the snapshot is
+    /// durable only once its `Ready` is done), and entries appended behind the snapshot in the
+    /// same `Ready` must go out with it. Starting at `persisted + 1` would find nothing there
+    /// (compacted) and hand out no entries, while the acknowledgement of those entries still
+    /// left after that `Ready`'s fsync: an acknowledged entry that is not on disk.
     pub(crate) fn unstable_entries(&self) -> Vec<Entry> {
-        self.entries_from(self.persisted + 1, u64::MAX)
+        self.entries_from(self.unstable_from(), u64::MAX)
+    }
+
+    fn unstable_from(&self) -> Index {
+        #[cfg(feature = "planted-bugs")]
+        if self.plant_unstable_from_persisted {
+            return self.persisted + 1;
+        }
+        self.persisted.max(self.snapshot.index) + 1
     }
 
     pub(crate) fn has_unstable(&self) -> bool {

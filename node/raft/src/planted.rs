@@ -18,15 +18,30 @@ pub enum Bug {
     /// A follower appends entries without checking that its entry at `prev_log_index` has
     /// `prev_log_term` (the consistency check of §5.3).
     IgnorePrevLogCheck,
+    /// After installing a snapshot, the entries appended behind it in the same `Ready` are not
+    /// handed out for persistence (the unstable range starts at the old persisted index, below
+    /// the snapshot), yet their acknowledgement goes out after that `Ready`'s fsync.
+    AckUnpersistedAfterSnapshot,
+    /// A leader whose transfer was given up serves lease reads again once later heartbeat rounds
+    /// are acknowledged, although its `TimeoutNow` may still make the target win (applied by the
+    /// caller's [`crate::ReadLease`]).
+    LeaseAfterTransfer,
+    /// A node that joined with an empty log votes before it has caught up to its barrier
+    /// ([`crate::Config::catch_up_index`]), with a log that misses entries it acknowledged
+    /// before its volume was lost.
+    VoteWhileCatchingUp,
 }
 
 impl Bug {
     /// Every planted bug, for tests that try them all.
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 7] = [
         Bug::CommitPreviousTerm,
         Bug::VoteWithoutLogCheck,
         Bug::VoteBeforePersist,
         Bug::IgnorePrevLogCheck,
+        Bug::AckUnpersistedAfterSnapshot,
+        Bug::LeaseAfterTransfer,
+        Bug::VoteWhileCatchingUp,
     ];
 
     /// The bug's name on the command line and in test output.
@@ -36,6 +51,9 @@ impl Bug {
             Bug::VoteWithoutLogCheck => "vote-without-log-check",
             Bug::VoteBeforePersist => "vote-before-persist",
             Bug::IgnorePrevLogCheck => "ignore-prev-log-check",
+            Bug::AckUnpersistedAfterSnapshot => "ack-unpersisted-after-snapshot",
+            Bug::LeaseAfterTransfer => "lease-after-transfer",
+            Bug::VoteWhileCatchingUp => "vote-while-catching-up",
         }
     }
 }

@@ -188,8 +188,26 @@ impl RawNode {
             cfg,
         };
         node.prev_hard.commit = node.log.committed;
+        #[cfg(feature = "planted-bugs")]
+        {
+            node.log.plant_unstable_from_persisted =
+                node.bug(crate::planted::Bug::AckUnpersistedAfterSnapshot);
+        }
         node.reset_election_timeout();
         Ok(node)
+    }
+
+    /// Whether this node knows enough to vote at all: it has a configuration, or it came back
+    /// with an empty log and a catch-up barrier, which says whom it may safely vote for (a wiped
+    /// voter's vote may be needed before any leader can send it the configuration).
+    fn has_vote_basis(&self) -> bool {
+        !self.log.conf().voters.is_empty() || self.cfg.catch_up_index > 0
+    }
+
+    /// Whether this node is below its catch-up barrier ([`Config::catch_up_index`]): it then
+    /// grants no vote or pre-vote, does not campaign and ignores `TimeoutNow`.
+    fn is_catching_up(&self) -> bool {
+        self.catch_up_index() > 0 && !self.bug(Bug::VoteWhileCatchingUp)
     }
 
     #[cfg(feature = "planted-bugs")]
@@ -253,6 +271,17 @@ impl RawNode {
     pub fn is_voter(&self) -> bool {
         self.log.conf().voters.contains(&self.id)
     }
+    /// The catch-up barrier still in force ([`Config::catch_up_index`]); 0 once this node's log
+    /// is at least as up-to-date as it (or if there is none).
+    pub fn catch_up_index(&self) -> Index {
+        let barrier = (self.cfg.catch_up_log_term, self.cfg.catch_up_index);
+        if self.cfg.catch_up_index > 0 && (self.log.last_term(), self.log.last_index()) < barrier {
+            self.cfg.catch_up_index
+        } else {
+            0
+        }
+    }
+
     /// Whether this leader has committed an entry of its own term, the precondition for serving
     /// reads and for membership changes.
     pub fn has_committed_in_term(&self) -> bool {
@@ -410,7 +439,7 @@ impl RawNode {
         }
         if self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
-            if self.is_voter() {
+            if self.is_voter() && !self.is_catching_up() {
                 self.campaign();
             }
         }
@@ -456,7 +485,7 @@ impl RawNode {
     /// Starts an election now (with a pre-vote first when enabled). Does nothing on a leader or
     /// on a node that is not a voter.
     pub fn campaign(&mut self) {
-        if self.role == Role::Leader || !self.is_voter() {
+        if self.role == Role::Leader || !self.is_voter() || self.is_catching_up() {
             return;
         }
         if self.cfg.pre_vote {
@@ -555,8 +584,9 @@ impl RawNode {
                 // be stale, and refusing a voter we still think a learner can block elections for
                 // good. The one exception is a node with no configuration at all (never added, or
                 // restarted with a lost volume): it may have forgotten a vote, so it votes for
-                // nobody until a leader has given it the log.
-                if (self.in_lease() && !leader_transfer) || self.log.conf().voters.is_empty() {
+                // nobody until a leader has given it the log, unless it holds a catch-up barrier
+                // (`has_vote_basis`).
+                if (self.in_lease() && !leader_transfer) || !self.has_vote_basis() {
                     self.reply_vote(&m, pre_vote, false);
                     return;
                 }
@@ -603,7 +633,7 @@ impl RawNode {
             MessageBody::RequestVote { .. } => self.handle_vote_request(m),
             MessageBody::TimeoutNow => {
                 // Thesis §3.10: the transfer target campaigns at once, skipping pre-vote.
-                if self.role != Role::Leader && self.is_voter() {
+                if self.role != Role::Leader && self.is_voter() && !self.is_catching_up() {
                     self.campaign_vote(true);
                 }
             }
@@ -677,8 +707,13 @@ impl RawNode {
             || (pre_vote && m.term > self.term);
         let up_to_date = self.bug(Bug::VoteWithoutLogCheck)
             || self.log.is_up_to_date(last_log_index, last_log_term);
-        let has_config = !self.log.conf().voters.is_empty();
-        let granted = can_vote && up_to_date && has_config;
+        // A node that lost its state may have voted in terms up to `catch_up_term` already, and
+        // until it has caught up it stands in for its lost log with the barrier's position.
+        let term_ok = m.term > self.cfg.catch_up_term || self.bug(Bug::VoteWhileCatchingUp);
+        let barrier_ok = !self.is_catching_up()
+            || (last_log_term, last_log_index)
+                >= (self.cfg.catch_up_log_term, self.cfg.catch_up_index);
+        let granted = can_vote && up_to_date && self.has_vote_basis() && term_ok && barrier_ok;
         if granted && !pre_vote {
             self.vote = m.from;
             // Granting a vote resets the timer (§5.2), so we do not compete with the candidate.
@@ -1497,7 +1532,9 @@ enum Bug {
     VoteWithoutLogCheck,
     VoteBeforePersist,
     IgnorePrevLogCheck,
+    VoteWhileCatchingUp,
 }
+
 #[cfg(feature = "planted-bugs")]
 use crate::planted::Bug;
 

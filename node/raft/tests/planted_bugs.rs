@@ -75,6 +75,44 @@ fn profile(bug: Bug, seed: u64) -> Profile {
             p.partition = 0.05;
             p.crash = 0.01;
         }
+        Bug::AckUnpersistedAfterSnapshot => {
+            // Followers that fall behind a compacted log get a snapshot, and the appends behind
+            // it must arrive in the same batch: frequent snapshots, lagging nodes, big batches.
+            p.snapshot_threshold = Some(5);
+            p.partition = 0.05;
+            p.heal = 0.05;
+            p.pause = 0.01;
+            p.crash = 0.005;
+            p.propose = 0.9;
+            p.max_inflight_msgs = 256;
+            p.batch_delivery = 64;
+        }
+        Bug::LeaseAfterTransfer => {
+            // A TimeoutNow that arrives after its leader gave the transfer up (slow links),
+            // while the leader renewed its lease meanwhile.
+            p.transfer = 0.1;
+            p.net.delay = 0.5;
+            p.net.max_delay = 25;
+            p.net.drop = 0.0;
+            p.crash = 0.0;
+            p.pause = 0.0;
+            p.partition = 0.0;
+            p.read = 0.2;
+        }
+        Bug::VoteWhileCatchingUp => {
+            // A wiped node that held committed entries a lagging node lacks, and that votes for
+            // that node before it has caught up: three voters, lagging links, frequent wipes.
+            p.voters = 3;
+            p.spares = 0;
+            p.conf_change = 0.0;
+            p.wipe = 0.05;
+            p.down_ticks = (1, 5);
+            p.partition = 0.05;
+            p.heal = 0.05;
+            p.crash_leader = 0.01;
+            p.propose = 0.9;
+            p.snapshot_threshold = None;
+        }
     }
     p
 }
@@ -141,6 +179,21 @@ fn catches_ignore_prev_log_check() {
     hunt(Bug::IgnorePrevLogCheck);
 }
 
+#[test]
+fn catches_ack_unpersisted_after_snapshot() {
+    hunt(Bug::AckUnpersistedAfterSnapshot);
+}
+
+#[test]
+fn catches_lease_after_transfer() {
+    hunt(Bug::LeaseAfterTransfer);
+}
+
+#[test]
+fn catches_vote_while_catching_up() {
+    hunt(Bug::VoteWhileCatchingUp);
+}
+
 /// Every bug has a test above: adding a bug to `Bug::ALL` without one fails here.
 #[test]
 fn every_bug_is_hunted() {
@@ -149,6 +202,9 @@ fn every_bug_is_hunted() {
         Bug::VoteWithoutLogCheck,
         Bug::VoteBeforePersist,
         Bug::IgnorePrevLogCheck,
+        Bug::AckUnpersistedAfterSnapshot,
+        Bug::LeaseAfterTransfer,
+        Bug::VoteWhileCatchingUp,
     ];
     for bug in Bug::ALL {
         assert!(hunted.contains(&bug), "no test hunts planted bug {bug}");

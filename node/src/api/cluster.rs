@@ -4,7 +4,7 @@ use raftkv_proto::v1 as pb;
 use raftkv_raft::Role;
 use tonic::{Request, Response, Status};
 
-use crate::handle::{MemberStatus, NodeHandle};
+use crate::handle::{MemberState, MemberStatus, NodeHandle, NodeStatus};
 
 /// The Cluster service of one node.
 #[derive(Clone, Debug)]
@@ -46,6 +46,36 @@ fn members_to_wire(members: Vec<MemberStatus>) -> Vec<pb::Member> {
         .collect()
 }
 
+fn member_state_to_wire(state: MemberState) -> pb::MemberState {
+    match state {
+        MemberState::Loading => pb::MemberState::Loading,
+        MemberState::Fresh => pb::MemberState::Fresh,
+        MemberState::WaitingToBeAdded => pb::MemberState::WaitingToBeAdded,
+        MemberState::CatchingUp => pb::MemberState::CatchingUp,
+        MemberState::Learner => pb::MemberState::Learner,
+        MemberState::Voter => pb::MemberState::Voter,
+        MemberState::Removed => pb::MemberState::Removed,
+    }
+}
+
+fn status_to_wire(s: NodeStatus) -> pb::StatusResponse {
+    pb::StatusResponse {
+        node_id: s.node_id,
+        role: role_to_wire(s.role) as i32,
+        term: s.term,
+        leader_id: s.leader_id,
+        leader_client_addr: s.leader_client_addr,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        cluster_id: s.cluster_id,
+        members: members_to_wire(s.members),
+        member_state: member_state_to_wire(s.member_state) as i32,
+        last_log_index: s.last_log_index,
+        catch_up_index: s.catch_up_index,
+        last_log_term: s.last_log_term,
+    }
+}
+
 /// Checks that an address looks like `host:port`.
 fn validate_addr(field: &str, addr: &str) -> Result<(), Status> {
     let ok = addr
@@ -66,26 +96,15 @@ impl pb::cluster_server::Cluster for ClusterService {
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         if self.node.cluster_id().is_none() {
-            // Still deciding whether to bootstrap or join: say so (no cluster id, term 0), so a
-            // peer that is deciding too can count this node as fresh.
-            return Ok(Response::new(pb::StatusResponse {
-                node_id: self.node.id(),
-                ..Default::default()
-            }));
+            // Loading its state, or fresh and deciding whether to bootstrap or join: say which
+            // (a loading node reports its cluster id and term from disk, so that a deciding peer
+            // never counts it as fresh).
+            return Ok(Response::new(status_to_wire(
+                self.node.status_before_start(),
+            )));
         }
         let s = self.node.status().await?;
-        Ok(Response::new(pb::StatusResponse {
-            node_id: s.node_id,
-            role: role_to_wire(s.role) as i32,
-            term: s.term,
-            leader_id: s.leader_id,
-            leader_client_addr: s.leader_client_addr,
-            commit_index: s.commit_index,
-            applied_index: s.applied_index,
-            cluster_id: s.cluster_id,
-            members: members_to_wire(s.members),
-            ..Default::default()
-        }))
+        Ok(Response::new(status_to_wire(s)))
     }
 
     async fn add_member(

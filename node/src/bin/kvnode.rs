@@ -103,6 +103,12 @@ struct Args {
     #[arg(long, hide = true)]
     planted_bug: Option<raftkv_node::planted::PlantedBug>,
 
+    /// Test hook: hold start-up this long after the ports opened (as if loading a large
+    /// snapshot took that long).
+    #[cfg(feature = "planted-bugs")]
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    test_slow_start: Option<Duration>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or raftkv_node=debug.
     #[arg(long, default_value = "info")]
     log: String,
@@ -260,6 +266,8 @@ async fn run(args: Args) -> ExitCode {
             snapshot_entries: args.snapshot_entries,
             #[cfg(feature = "planted-bugs")]
             planted_bug: args.planted_bug,
+            #[cfg(feature = "planted-bugs")]
+            slow_start: args.test_slow_start,
             ..DriverConfig::default()
         },
         transport: TransportConfig {

@@ -1230,6 +1230,10 @@ async fn status_of(
         // A node with an empty data dir serves Status while it decides to bootstrap or join.
         return Err(format!("node {id} has not bootstrapped or joined yet"));
     }
+    if status.node_id == id && status.member_state == pb::MemberState::Loading as i32 {
+        // Its ports open before its state is loaded; it answers with what is on disk.
+        return Err(format!("node {id} is still loading its state"));
+    }
     if status.node_id != id || status.cluster_id != cluster_id {
         return Err(format!(
             "the process on node {id}'s port is node {} of cluster {:?}, not ours",

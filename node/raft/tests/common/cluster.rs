@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use raftkv_raft::{
     ConfChange, ConfChangeType, Config, Entry, EntryPayload, Error, Index, InitialState, Message,
-    MessageBody, NodeId, RawNode, ReadState, Role, Term,
+    MessageBody, NodeId, RawNode, ReadLease, ReadState, Role, Term,
 };
 
 use super::check::{Checker, Invariant, Violation};
@@ -110,6 +110,11 @@ pub struct ClusterOpts {
     /// Keep every applied command and served read per node (scenario tests inspect them; the
     /// randomized runs leave it off to save memory).
     pub record_applied: bool,
+    /// Most messages stepped into one node before its `Ready` is drained, when messages fall
+    /// due in [`Cluster::tick_all`]: each batch takes a random size in `1..=batch_delivery`.
+    /// The node's driver steps up to 1024 queued messages per `Ready`, so a message's effects
+    /// may share a `Ready` with those of the messages before it (1: one message per `Ready`).
+    pub batch_delivery: usize,
     /// A planted bug to switch on in every node.
     #[cfg(feature = "planted-bugs")]
     pub bug: Option<raftkv_raft::planted::Bug>,
@@ -138,6 +143,7 @@ impl ClusterOpts {
             trace: std::env::var_os("SIM_TRACE").is_some(),
             commit_rule: true,
             record_applied: true,
+            batch_delivery: 1,
             #[cfg(feature = "planted-bugs")]
             bug: None,
         }
@@ -190,6 +196,8 @@ pub struct Stats {
     pub msgs_duplicated: u64,
     /// Heartbeat rounds acknowledged by a quorum (each one extends a read lease).
     pub leases: u64,
+    /// Nodes that lost their disk and rejoined empty.
+    pub wipes: u64,
     /// Process pauses.
     pub pauses: u64,
 }
@@ -218,6 +226,7 @@ impl Stats {
         self.msgs_dropped += o.msgs_dropped;
         self.msgs_duplicated += o.msgs_duplicated;
         self.leases += o.leases;
+        self.wipes += o.wipes;
         self.pauses += o.pauses;
     }
 }
@@ -229,7 +238,7 @@ impl std::fmt::Display for Stats {
             "ticks={} elections={} proposals={} committed={} reads={}/{} snapshots taken={} \
              installed={} conf_changes proposed={} committed={} transfers={}/{} crashes={} \
              (in-ready {}) restarts={} partitions={} msgs sent={} delivered={} dropped={} dup={} \
-             leases={} pauses={}",
+             leases={} pauses={} wipes={}",
             self.ticks,
             self.elections,
             self.proposals,
@@ -251,7 +260,8 @@ impl std::fmt::Display for Stats {
             self.msgs_dropped,
             self.msgs_duplicated,
             self.leases,
-            self.pauses
+            self.pauses,
+            self.wipes
         )
     }
 }
@@ -292,10 +302,18 @@ pub struct Node {
     commit_at_election: Index,
     /// A crash point armed by [`Cluster::crash_at`].
     crash_at: Option<CrashPoint>,
-    /// The read lease of the current leadership (see [`Lease`]).
-    lease: Lease,
+    /// The read lease, decided by the core crate's [`ReadLease`] exactly as the node's driver
+    /// decides it (DESIGN.md §4): from the tick a heartbeat round was sent, until the minimum
+    /// election timeout has passed (no clock drift in the simulation, so no margin); void for
+    /// the rest of a term once `TimeoutNow` went out.
+    lease: ReadLease<u64>,
     /// How often this node has been (re)started; varies the election-timer seed.
     incarnation: u64,
+    /// The catch-up barrier `(index, log term, term)` the node got when it last came back with
+    /// an empty disk (durable, like the disk: a node keeps it across restarts).
+    pub catch_up: (Index, Term, Term),
+    /// Wiped and not restarted yet: its next start must first learn a catch-up barrier.
+    needs_barrier: bool,
 }
 
 impl Node {
@@ -315,8 +333,10 @@ impl Node {
             leader_term: None,
             commit_at_election: 0,
             crash_at: None,
-            lease: Lease::default(),
+            lease: ReadLease::new(),
             incarnation: 0,
+            catch_up: (0, 0, 0),
+            needs_barrier: false,
         }
     }
 
@@ -329,20 +349,6 @@ impl Node {
     pub fn is_paused(&self, now: u64) -> bool {
         self.paused_until.is_some_and(|t| t > now)
     }
-}
-
-/// A leader's read lease as a lease-reading driver would compute it (DESIGN.md §4): it starts at
-/// the tick a heartbeat round was sent, is confirmed when a quorum acknowledged that round, and
-/// lasts until just before the minimum election timeout has passed (no clock drift in the
-/// simulation, so no margin). A requested leader transfer voids it for the rest of the term.
-#[derive(Clone, Debug, Default)]
-struct Lease {
-    /// The tick at which each heartbeat round of this leadership was sent.
-    sent: BTreeMap<u64, u64>,
-    /// The last tick at which a lease read would be served.
-    until: Option<u64>,
-    /// A transfer was requested in this term.
-    void: bool,
 }
 
 /// Feedback from the transport to a sender, delivered after the current `Ready` is done.
@@ -551,8 +557,28 @@ impl Cluster {
         if node.is_up() || node.decommissioned {
             return;
         }
+        if node.needs_barrier {
+            match self.catch_up_barrier(id) {
+                Some(barrier) => {
+                    let node = self.nodes.get_mut(&id).expect("checked above");
+                    node.catch_up = barrier;
+                    node.needs_barrier = false;
+                    self.trace(|| format!("n{id} rejoins with catch-up barrier {barrier:?}"));
+                }
+                None => {
+                    // Like a node that cannot yet reach a quorum of the other voters: it waits.
+                    let at = self.now + 1;
+                    if let Some(node) = self.nodes.get_mut(&id) {
+                        node.down_until = Some(at);
+                    }
+                    return;
+                }
+            }
+        }
+        let node = self.nodes.get(&id).expect("checked above");
         let incarnation = node.incarnation + 1;
-        let cfg = self.config(id, incarnation);
+        let mut cfg = self.config(id, incarnation);
+        (cfg.catch_up_index, cfg.catch_up_log_term, cfg.catch_up_term) = node.catch_up;
         let node = self.nodes.get_mut(&id).expect("checked above");
         let state = node.disk.initial_state();
         let snap_index = node.disk.snapshot_index();
@@ -561,6 +587,10 @@ impl Cluster {
         node.incarnation = incarnation;
         node.down_until = None;
         node.leader_term = None;
+        #[cfg(feature = "planted-bugs")]
+        if self.opts.bug == Some(raftkv_raft::planted::Bug::LeaseAfterTransfer) {
+            node.lease.plant_lease_after_transfer();
+        }
         match RawNode::new(cfg, state) {
             Ok(raw) => node.raw = Some(raw),
             Err(e) => {
@@ -673,6 +703,57 @@ impl Cluster {
             node.disk = Disk::default();
             self.trace(|| format!("decommission n{id}"));
         }
+    }
+
+    /// Wipes `id`: it crashes and loses its disk (a lost volume), and restarts by itself at tick
+    /// `at` with an empty log, as a node that joins a running cluster does: first it learns a
+    /// catch-up barrier from a quorum of the other voters (see [`Cluster::catch_up_barrier`]),
+    /// waiting while it cannot reach one.
+    pub fn wipe_until(&mut self, id: NodeId, at: u64) {
+        self.crash(id);
+        if let Some(node) = self.nodes.get_mut(&id)
+            && !node.decommissioned
+        {
+            node.disk = Disk::default();
+            node.sm = StateMachine::default();
+            node.applied_log.clear();
+            node.needs_barrier = true;
+            node.down_until = Some(at);
+            self.stats.wipes += 1;
+            self.trace(|| format!("wipe n{id}"));
+        }
+    }
+
+    /// The catch-up barrier a node `id` with an empty disk learns when it joins, from the other
+    /// nodes that are running, exactly as `kvnode` computes it from their `Cluster.Status`
+    /// answers ([`raftkv_raft::catch_up_barrier`]).
+    fn catch_up_barrier(&self, id: NodeId) -> Option<(Index, Term, Term)> {
+        let now = self.now;
+        let answers: Vec<raftkv_raft::PeerLog> = self
+            .nodes
+            .values()
+            .filter(|n| n.id != id && !n.is_paused(now))
+            .filter_map(|n| n.raw.as_ref())
+            .map(|r| raftkv_raft::PeerLog {
+                id: r.id(),
+                term: r.term(),
+                last_index: r.last_index(),
+                last_log_term: r.log_term(r.last_index()).unwrap_or(0),
+                voters: r.conf_state().voters.clone(),
+            })
+            .collect();
+        let barrier = raftkv_raft::catch_up_barrier(id, &answers);
+        self.trace(|| format!("n{id} barrier from {} answers: {barrier:?}", answers.len()));
+        barrier.map(|b| (b.index, b.log_term, b.term))
+    }
+
+    /// Whether some node lost its disk and has not caught up yet (it is down waiting for a
+    /// barrier, or below its barrier). Losing a second volume meanwhile may lose committed
+    /// entries, which no consensus protocol survives.
+    pub fn any_catching_up(&self) -> bool {
+        self.nodes
+            .values()
+            .any(|n| n.needs_barrier || n.raw.as_ref().is_some_and(|r| r.catch_up_index() > 0))
     }
 
     /// Restarts every crashed (not decommissioned) node.
@@ -791,8 +872,40 @@ impl Cluster {
             if self.net.faults.reorder {
                 self.rng.shuffle(&mut due);
             }
-            for env in due {
+            self.deliver_in_batches(due);
+        }
+    }
+
+    /// Delivers `envs` (in their order per recipient), stepping a random number of them, up to
+    /// [`ClusterOpts::batch_delivery`], into a node before its `Ready` is drained.
+    fn deliver_in_batches(&mut self, envs: Vec<Envelope>) {
+        let max = self.opts.batch_delivery.max(1) as u64;
+        if max == 1 {
+            for env in envs {
                 self.deliver(env);
+            }
+            return;
+        }
+        let mut order: Vec<NodeId> = Vec::new();
+        let mut queues: BTreeMap<NodeId, VecDeque<Envelope>> = BTreeMap::new();
+        for env in envs {
+            let to = env.msg.to;
+            if !queues.contains_key(&to) {
+                order.push(to);
+            }
+            queues.entry(to).or_default().push_back(env);
+        }
+        while !queues.is_empty() {
+            for to in &order {
+                let Some(queue) = queues.get_mut(to) else {
+                    continue;
+                };
+                let n = self.rng.range(1, max) as usize;
+                let batch: Vec<Envelope> = queue.drain(..n.min(queue.len())).collect();
+                if queue.is_empty() {
+                    queues.remove(to);
+                }
+                self.deliver_batch(batch);
             }
         }
     }
@@ -846,38 +959,53 @@ impl Cluster {
 
     /// Delivers one envelope now (partitions apply; a down recipient loses it).
     pub fn deliver(&mut self, env: Envelope) {
-        let (from, to) = (env.msg.from, env.msg.to);
-        let is_snapshot = env.snapshot.is_some();
-        let up = self.nodes.get(&to).is_some_and(Node::is_up);
-        if let Some(until) = self.nodes.get(&to).and_then(|n| n.paused_until)
-            && up
-            && until > self.now
-        {
-            // A paused process reads its socket only when it resumes.
-            self.net.push(env.msg, until, env.snapshot);
-            return;
+        self.deliver_batch(vec![env]);
+    }
+
+    /// Steps every envelope of `envs` (all to one node) into its core, then drains the node's
+    /// `Ready`s once, as a driver that takes every queued message before its next `Ready` does.
+    fn deliver_batch(&mut self, envs: Vec<Envelope>) {
+        let mut stepped = None;
+        let mut snapshots_delivered = Vec::new();
+        for env in envs {
+            let (from, to) = (env.msg.from, env.msg.to);
+            let is_snapshot = env.snapshot.is_some();
+            let up = self.nodes.get(&to).is_some_and(Node::is_up);
+            if let Some(until) = self.nodes.get(&to).and_then(|n| n.paused_until)
+                && up
+                && until > self.now
+            {
+                // A paused process reads its socket only when it resumes.
+                self.net.push(env.msg, until, env.snapshot);
+                continue;
+            }
+            if !up || self.net.is_cut(from, to) {
+                let by_partition = up;
+                self.lost(from, to, is_snapshot, by_partition);
+                continue;
+            }
+            self.stats.msgs_delivered += 1;
+            self.trace(|| describe("deliver", &env.msg));
+            let node = self.nodes.get_mut(&to).expect("checked up above");
+            if let Some(data) = env.snapshot {
+                node.incoming.insert(data.index, data);
+            }
+            if let Some(raw) = node.raw.as_mut() {
+                raw.step(env.msg);
+            }
+            stepped = Some(to);
+            if is_snapshot {
+                snapshots_delivered.push((from, to));
+            }
         }
-        if !up || self.net.is_cut(from, to) {
-            let by_partition = up;
-            self.lost(from, to, is_snapshot, by_partition);
-            self.flush_feedback();
-            return;
+        if let Some(to) = stepped {
+            self.after_op(to);
         }
-        self.stats.msgs_delivered += 1;
-        self.trace(|| describe("deliver", &env.msg));
-        let node = self.nodes.get_mut(&to).expect("checked up above");
-        if let Some(data) = env.snapshot {
-            node.incoming.insert(data.index, data);
-        }
-        if let Some(raw) = node.raw.as_mut() {
-            raw.step(env.msg);
-        }
-        self.after_op(to);
-        if is_snapshot {
+        for (from, to) in snapshots_delivered {
             self.feedback
                 .push_back(Feedback::Snapshot { from, to, ok: true });
-            self.flush_feedback();
         }
+        self.flush_feedback();
     }
 
     fn lost(&mut self, from: NodeId, to: NodeId, is_snapshot: bool, by_partition: bool) {
@@ -1060,7 +1188,6 @@ impl Cluster {
         if became_leader {
             node.leader_term = Some(term);
             node.commit_at_election = commit;
-            node.lease = Lease::default();
             self.stats.elections += 1;
             if let Some((t, target)) = self.pending_transfer
                 && term > t
@@ -1105,19 +1232,19 @@ impl Cluster {
             let Some(raw) = n.raw.as_ref() else {
                 continue;
             };
-            if n.id == id || raw.role() != Role::Leader || raw.term() >= term || n.lease.void {
+            if n.id == id || raw.role() != Role::Leader || raw.term() >= term {
                 continue;
             }
-            if let Some(until) = n.lease.until
-                && until >= self.now
-            {
+            if n.lease.is_valid(raw, self.now) {
+                let until = n.lease.until().unwrap_or_default();
                 return Err(Violation {
                     invariant: Invariant::Lease,
                     tick: self.now,
                     node: Some(id),
                     detail: format!(
                         "n{id} became leader of term {term} while n{} (leader of term {}) holds \
-                         a read lease until tick {until}: its lease reads could be stale",
+                         a read lease until tick {until} (exclusive): its lease reads could be \
+                         stale",
                         n.id,
                         raw.term()
                     ),
@@ -1172,19 +1299,13 @@ impl Cluster {
         // 1. Messages that need nothing durable go out at once. A lease-reading driver notes the
         // time of a heartbeat round just before sending it.
         let (now, election_tick) = (self.now, self.opts.election_tick);
+        if rd.acked_round.is_some() {
+            self.stats.leases += 1;
+        }
         if let Some(node) = self.nodes.get_mut(&id) {
-            if let Some(r) = rd.sent_round {
-                node.lease.sent.insert(r, now);
-            }
-            if let Some(r) = rd.acked_round {
-                self.stats.leases += 1;
-                // The lease runs from when the acknowledged round was sent.
-                if let Some(&sent) = node.lease.sent.get(&r) {
-                    let until = sent + election_tick - 1;
-                    node.lease.until = Some(node.lease.until.map_or(until, |u| u.max(until)));
-                }
-                node.lease.sent.retain(|&round, _| round > r);
-            }
+            let term = node.raw.as_ref().map_or(0, RawNode::term);
+            node.lease
+                .on_ready(term, &rd, now, |sent| sent + election_tick);
         }
         for m in &rd.messages {
             self.trace(|| describe("send", m));
@@ -1260,7 +1381,12 @@ impl Cluster {
             return;
         }
 
-        // 3. Messages that promise durability.
+        // 3. Messages that promise durability. An append acknowledgement promises that the
+        // acknowledged entries are on this node's disk: check that it keeps the promise.
+        if let Err(v) = self.check_acks_durable(id, &rd.persisted_messages) {
+            self.fail(v);
+            return;
+        }
         for m in &rd.persisted_messages {
             self.trace(|| describe("send", m));
             self.send(m.clone());
@@ -1297,6 +1423,51 @@ impl Cluster {
         if let Some(raw) = node.raw.as_mut() {
             raw.advance(&rd);
         }
+    }
+
+    /// Every successful append response in `msgs` acknowledges entries up to its index: the
+    /// node's disk must hold its log up to there, as its core has it (a crash now must not lose
+    /// an entry that a leader counts towards a quorum).
+    fn check_acks_durable(&self, id: NodeId, msgs: &[Message]) -> Result<(), Violation> {
+        let Some(node) = self.nodes.get(&id) else {
+            return Ok(());
+        };
+        let Some(raw) = node.raw.as_ref() else {
+            return Ok(());
+        };
+        for m in msgs {
+            let MessageBody::AppendEntriesResponse {
+                success: true,
+                index,
+                ..
+            } = m.body
+            else {
+                continue;
+            };
+            // At or below the durable snapshot, entries are committed and held by the snapshot.
+            if index <= node.disk.snapshot_index() || m.term != raw.term() {
+                continue;
+            }
+            let durable = node.disk.term_at(index);
+            let in_core = raw.log_term(index);
+            if durable.is_none() || (in_core.is_some() && durable != in_core) {
+                return Err(Violation {
+                    invariant: Invariant::Contract,
+                    tick: self.now,
+                    node: Some(id),
+                    detail: format!(
+                        "n{id} acknowledges entries up to index {index} to n{} but its disk \
+                         holds {:?} there (durable log ends at {}, snapshot {}): an \
+                         acknowledged entry is not durable",
+                        m.to,
+                        durable,
+                        node.disk.last_index(),
+                        node.disk.snapshot_index()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, id: NodeId, e: &Entry) -> Result<(), Violation> {
@@ -1537,9 +1708,6 @@ impl Cluster {
         {
             self.stats.transfers += 1;
             self.pending_transfer = Some((term, t));
-            if let Some(node) = self.nodes.get_mut(&id) {
-                node.lease.void = true;
-            }
         }
         self.trace(|| format!("transfer at n{id} to n{target}: {r:?}"));
         r
@@ -1560,7 +1728,7 @@ impl Cluster {
         {
             for n in self.nodes.values_mut() {
                 if n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader) {
-                    n.lease.void = true;
+                    n.lease.forfeit();
                 }
             }
         }

@@ -100,6 +100,12 @@ pub struct Profile {
     pub commit_rule: bool,
     /// Shut removed members down once their removal committed (after this many ticks at most).
     pub decommission_after: Option<u64>,
+    /// Most messages stepped into a node per `Ready` (see [`ClusterOpts::batch_delivery`]).
+    pub batch_delivery: usize,
+    /// Probability of wiping a random running node's disk (it restarts empty after
+    /// `down_ticks` and must catch up before it votes); never while another wiped node is still
+    /// catching up.
+    pub wipe: f64,
 }
 
 impl Profile {
@@ -128,6 +134,9 @@ impl Profile {
         let inflight = pick(&[1.0, 4.0, 256.0]) as usize;
         let size = pick(&[64.0, 600.0, 1_048_576.0]) as u64;
         let decommission = pick(&[0.0, 1.0]);
+        // Most seeds deliver several messages per Ready, as the node's driver does.
+        let batch = pick(&[1.0, 4.0, 16.0, 64.0]) as usize;
+        let wipe = pick(&[0.0, 0.001, 0.003]);
         Self {
             name: format!("randomized({seed})"),
             ticks: 500,
@@ -170,6 +179,8 @@ impl Profile {
             snapshot_threshold: (snapshot > 0).then_some(snapshot),
             commit_rule: true,
             decommission_after: (decommission > 0.0).then_some(30),
+            batch_delivery: batch,
+            wipe,
         }
     }
 
@@ -233,6 +244,7 @@ impl Profile {
             trace,
             commit_rule: self.commit_rule,
             record_applied: false,
+            batch_delivery: self.batch_delivery,
             #[cfg(feature = "planted-bugs")]
             bug,
         }
@@ -329,6 +341,13 @@ impl Driver {
         {
             let back = now + self.rng.range(p.down_ticks.0, p.down_ticks.1);
             c.crash_until(l, back);
+        }
+        if self.rng.chance(p.wipe) && !c.any_catching_up() {
+            let running = c.running();
+            if let Some(id) = self.rng.pick(&running) {
+                let back = now + self.rng.range(p.down_ticks.0, p.down_ticks.1);
+                c.wipe_until(id, back);
+            }
         }
         if self.rng.chance(p.pause) {
             let target = match c.leader() {
