@@ -503,6 +503,31 @@ async fn replace_with_empty_volume(
     )
     .await;
     let caught_up = replaced.elapsed();
+    // It ends as a voter again, and gets there only forwards: fresh, then it knows its cluster
+    // (waiting for the configuration), then catching up (no vote until its log reaches the
+    // barrier), then voter. A state may pass between two polls; none may repeat or go back.
+    wait_for(&format!("node {victim} to be a voter"), SLOW, async || {
+        let state = cluster.status(victim).await.ok()?.member_state();
+        if states.last() != Some(&state) {
+            states.push(state);
+        }
+        (state == pb::MemberState::Voter).then_some(())
+    })
+    .await;
+    let path = [
+        pb::MemberState::Fresh,
+        pb::MemberState::WaitingToBeAdded,
+        pb::MemberState::CatchingUp,
+        pb::MemberState::Voter,
+    ];
+    let steps: Vec<Option<usize>> = states
+        .iter()
+        .map(|s| path.iter().position(|p| p == s))
+        .collect();
+    assert!(
+        steps.iter().all(Option::is_some) && steps.windows(2).all(|w| w[0] < w[1]),
+        "node {victim} on the empty volume went through {states:?}"
+    );
     let log = cluster.logs(victim);
     assert!(
         log.contains("found a running cluster") && !log.contains("bootstrapped a new cluster"),
