@@ -126,8 +126,8 @@ pub fn run_prefix() -> String {
     )
 }
 
-/// Removes the containers, volumes and networks of runs whose process is gone (a SIGKILLed
-/// test leaves them behind; its `Drop` guards never ran).
+/// Removes the containers, volumes, networks and images of runs whose process is gone (a
+/// SIGKILLed test leaves them behind; its `Drop` guards never ran).
 pub fn sweep_stale() {
     let filter = format!("label={LABEL}");
     let dead = |pid: &str| !Path::new(&format!("/proc/{pid}")).exists();
@@ -154,6 +154,16 @@ pub fn sweep_stale() {
     for (name, pid) in listed(&["network", "ls", "--filter", &filter, "--format", &label]) {
         if dead(&pid) {
             let _ = try_docker(&["network", "rm", &name]);
+        }
+    }
+    // Test images carry the run prefix in their tag: raftkv/kvnode:rkve2e-<pid>-<n>.
+    let tags = try_docker(&["images", "raftkv/kvnode", "--format", "{{.Tag}}"]).unwrap_or_default();
+    for tag in tags.lines() {
+        let pid = tag
+            .strip_prefix("rkve2e-")
+            .and_then(|t| t.split('-').next());
+        if pid.is_some_and(dead) {
+            let _ = try_docker(&["image", "rm", "-f", &format!("raftkv/kvnode:{tag}")]);
         }
     }
 }
