@@ -94,10 +94,12 @@ pub fn docker_or_skip(test: &str) -> bool {
 }
 
 /// Runs `docker <args>`; its stdout, trimmed, or the command and its stderr.
+///
+/// A docker command takes from milliseconds to a second (`docker stop`). Inside a tokio runtime
+/// it runs in `block_in_place`, so that the clients recording the history meanwhile keep their
+/// worker thread (the tests use the multi-thread runtime; a current-thread one would panic).
 pub fn try_docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
+    let out = blocking(|| Command::new("docker").args(args).output())
         .map_err(|e| format!("docker {}: {e}", args.join(" ")))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -108,6 +110,15 @@ pub fn try_docker(args: &[&str]) -> Result<String, String> {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ))
+    }
+}
+
+/// Runs `f`, which blocks, without taking a tokio worker from the other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 
@@ -538,9 +549,11 @@ impl DockerCluster {
 
     /// Node `id`'s output (kvnode logs to stderr), all of it.
     pub fn logs(&self, id: u64) -> String {
-        let out = Command::new("docker")
-            .args(["logs", self.container(id)])
-            .output();
+        let out = blocking(|| {
+            Command::new("docker")
+                .args(["logs", self.container(id)])
+                .output()
+        });
         match out {
             Ok(out) => format!(
                 "{}{}",
