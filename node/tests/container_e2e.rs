@@ -9,7 +9,8 @@
 //! 3. the leader disconnected from the network, then reconnected;
 //! 4. every container killed at once and started again: every acknowledged write is read back;
 //! 5. a follower replaced by a container with a fresh, empty volume: it must rejoin the running
-//!    cluster through its membership, never bootstrap a second one, and not disturb the leader;
+//!    cluster through its membership, never bootstrap a second one, never campaign, and become
+//!    a voter only through the states fresh, waiting, catching up (`Cluster.Status`);
 //! 6. `docker stop` of the leader: kvnode hands leadership over and exits within the grace
 //!    period; the gap in acknowledged writes is printed.
 //!
