@@ -329,12 +329,30 @@ impl Driver {
             Inbound::Message(m) => self.raw.step(m),
             Inbound::Snapshot { msg, data } => {
                 let meta = data.meta().clone();
-                self.received.insert((meta.index, meta.term), data);
-                // Keep only the newest few; a stale transfer's file is deleted when dropped.
-                while self.received.len() > 2 {
-                    self.received.pop_first();
+                let announced = match &msg.body {
+                    raftkv_raft::MessageBody::InstallSnapshot { meta } => Some(meta),
+                    _ => None,
+                };
+                if announced != Some(&meta) {
+                    warn!(
+                        from = msg.from,
+                        index = meta.index,
+                        "a snapshot stream whose data does not match its message; dropped"
+                    );
+                    return;
                 }
+                if msg.term >= self.raw.term() {
+                    self.received.insert((meta.index, meta.term), data);
+                }
+                // A stale leader's stream is not kept (the core answers it with our term).
                 self.raw.step(msg);
+                // Keep the snapshot the core now wants to install and the newest one; a stale
+                // or superseded transfer's file is deleted when dropped. Never evict the one the
+                // core is installing: its Ready would find no data.
+                let wanted = self.raw.pending_snapshot().map(|m| (m.index, m.term));
+                let newest = self.received.last_key_value().map(|(k, _)| *k);
+                self.received
+                    .retain(|k, _| Some(*k) == wanted || Some(*k) == newest);
             }
             Inbound::Unreachable(peer) => self.raw.report_unreachable(peer),
             Inbound::SnapshotStatus { peer, ok } => self.raw.report_snapshot(peer, ok),
@@ -738,6 +756,13 @@ impl Driver {
                 self.kv_noop(e.index)?;
                 if let Some(cc) = change {
                     info!(index = e.index, change = ?cc.change_type, node = cc.node_id, "membership change applied");
+                    if cc.change_type == ConfChangeType::RemoveNode && cc.node_id != self.id {
+                        // A removed member gets no more messages, and its address is forgotten
+                        // (on every replica alike: the book travels in snapshots). Re-adding it
+                        // brings its addresses back with the AddLearner entry.
+                        self.book.remove(&cc.node_id);
+                        self.transport.remove_peer(cc.node_id);
+                    }
                 }
                 self.sync_transport_peers();
                 if let Some(Waiter::Members(reply)) = waiter {

@@ -222,6 +222,16 @@ async fn start_in_span(
     let peer_addr = peer_listener
         .local_addr()
         .map_err(|e| StartError::Listen(e.to_string()))?;
+    if cfg.driver.snapshot_entries == 0 {
+        return Err(StartError::Invalid(
+            "--snapshot-entries must be at least 1".into(),
+        ));
+    }
+    if cfg.driver.tick.is_zero() || cfg.driver.election_ticks < 2 {
+        return Err(StartError::Invalid(
+            "--tick must be positive and --election-ticks at least 2".into(),
+        ));
+    }
     if cfg.initial_cluster_size == 0 {
         return Err(StartError::Invalid(
             "--initial-cluster-size must be at least 1".into(),

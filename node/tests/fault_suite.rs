@@ -1,6 +1,6 @@
 //! The fault-injection suite (DESIGN.md §8.2, §8.3): seeded runs of concurrent clients against a
 //! 3-node cluster in network namespaces while a nemesis kills (-9), pauses (SIGSTOP), restarts
-//! the whole cluster and partitions nodes; at the end every key's history must be linearizable
+//! the whole cluster (one by one, or all at once), wipes a member's volume and partitions nodes; at the end every key's history must be linearizable
 //! and no acknowledged write may be lost. The machinery is `support/fault.rs`.
 //!
 //! - `linearizable_reads_under_faults`: the default fault mix, LINEARIZABLE reads.
@@ -115,6 +115,8 @@ async fn lease_reads_under_faults() {
                 (FaultKind::Kill, 1),
                 (FaultKind::Isolate, 1),
                 (FaultKind::RestartAll, 1),
+                (FaultKind::RestartAllAtOnce, 1),
+                (FaultKind::Wipe, 1),
             ],
             leader_share: 0.8,
             ..Nemesis::default()

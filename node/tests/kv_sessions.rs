@@ -441,3 +441,45 @@ proptest! {
         }
     }
 }
+
+/// The session table is bounded in bytes, not only in sessions x window: failed CAS answers carry
+/// the current value (up to 1 MiB each), and without a byte budget 10,000 sessions x 128 seqs of
+/// them could hold terabytes. Over the budget the least recently used sessions are evicted, and
+/// their retries fail as expired (never apply twice); a snapshot restores the same count.
+#[test]
+fn the_session_table_is_bounded_in_bytes() {
+    use raftkv_node::kv::MAX_SESSION_BYTES;
+    let mut log = Log::new(SessionConfig::default());
+    let big = "x".repeat(1 << 20);
+    log.ok("writer", 1, put("k", &big));
+    let sessions = (MAX_SESSION_BYTES >> 20) + 40;
+    for i in 0..sessions {
+        let client = format!("c{i}");
+        match log.ok(&client, 1, cas("k", 999, "new")) {
+            WriteResponse::CompareAndSwap {
+                succeeded: false,
+                current_value,
+                ..
+            } => assert_eq!(current_value.len(), 1 << 20),
+            other => panic!("expected a failed CAS, got {other:?}"),
+        }
+        assert!(
+            log.sm.session_bytes() <= MAX_SESSION_BYTES,
+            "session {i}: {} bytes recorded, over the budget of {MAX_SESSION_BYTES}",
+            log.sm.session_bytes()
+        );
+    }
+    // The oldest sessions were evicted: a retry is refused, not applied again.
+    assert_eq!(log.expired("c0", 1, cas("k", 999, "new")), Expiry::Evicted);
+    // The newest is still answered from its record.
+    let last = format!("c{}", sessions - 1);
+    assert!(matches!(
+        log.ok(&last, 1, cas("k", 999, "new")),
+        WriteResponse::CompareAndSwap {
+            succeeded: false,
+            ..
+        }
+    ));
+    let restored = KvStateMachine::restore(&log.sm.snapshot()).expect("restore");
+    assert_eq!(restored.session_bytes(), log.sm.session_bytes());
+}

@@ -1388,6 +1388,12 @@ impl RawNode {
 
     // ----- snapshots and feedback from the transport ------------------------------------------
 
+    /// A snapshot from the leader that the core accepted and will hand out in the next `Ready`
+    /// for installing (the caller must keep its data until then).
+    pub fn pending_snapshot(&self) -> Option<&SnapshotMeta> {
+        self.log.pending_snapshot.as_ref()
+    }
+
     /// Metadata for a snapshot of the state machine taken at `index` (which must be applied).
     pub fn snapshot_meta(&self, index: Index) -> Result<SnapshotMeta, Error> {
         self.log.snapshot_meta(index)

@@ -78,16 +78,16 @@ struct Args {
     #[arg(long, default_value = "raftkv")]
     initial_cluster_token: String,
 
-    /// Length of one Raft tick (heartbeat interval), e.g. 100ms.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    /// Length of one Raft tick (heartbeat interval), e.g. 100ms; at least 1ms.
+    #[arg(long, default_value = "100ms", value_parser = parse_tick)]
     tick: Duration,
 
-    /// Minimum election timeout in ticks; each timeout is random in [T, 2T).
-    #[arg(long, default_value_t = 10)]
+    /// Minimum election timeout in ticks (at least 2); each timeout is random in [T, 2T).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..))]
     election_ticks: u64,
 
-    /// Take a snapshot and compact the log every this many applied entries.
-    #[arg(long, default_value_t = 10_000)]
+    /// Take a snapshot and compact the log every this many applied entries (at least 1).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_entries: u64,
 
     /// Timeout for one RPC to a peer; also bounds connection attempts.
@@ -133,6 +133,15 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
         return Err(format!("{addr:?} is not host:port"));
     }
     Ok((id, addr.to_string()))
+}
+
+/// A tick: a duration of at least a millisecond (a zero tick would spin the event loop).
+fn parse_tick(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("{s:?}: a tick must be at least 1ms"));
+    }
+    Ok(d)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

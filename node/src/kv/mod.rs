@@ -54,6 +54,9 @@
 //! Sessions are bounded by [`SessionConfig::max_sessions`]. Opening one more evicts the least
 //! recently used session, where "used" is the index of the last entry that applied or replayed one
 //! of its writes — a log position, never a clock, so every replica evicts the same session.
+//! They are bounded in bytes too ([`MAX_SESSION_BYTES`]: a failed CAS records the current value,
+//! up to 1 MiB): over the budget, least recently used sessions are evicted the same way, several
+//! by one entry if need be.
 //!
 //! **Telling a new session from a forgotten one.** The client id is chosen by the client, so an
 //! id the table does not know is either new or was evicted. The rule:
@@ -95,7 +98,7 @@ mod state_machine;
 
 pub use codec::DecodeError;
 pub use command::{COMMAND_FORMAT_VERSION, Command, Op};
-pub use session::{MAX_CLIENT_ID_LEN, SessionConfig};
+pub use session::{MAX_CLIENT_ID_LEN, MAX_SESSION_BYTES, SessionConfig};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC, SnapshotError};
 pub use state_machine::{
     ApplyResult, CommandError, ErrorCode, Expiry, GetResponse, KvStateMachine, OutOfOrder,

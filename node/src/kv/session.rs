@@ -5,7 +5,7 @@
 //!
 //! The rules are described once, in the [module docs](super); this file implements them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use raftkv_raft::Index;
 
@@ -14,6 +14,28 @@ use super::state_machine::{CommandError, Expiry, WriteResponse};
 /// The longest accepted `client_id`, in bytes. Bounds the memory of the session table and of its
 /// tombstones; the API layer should refuse longer ids before proposing.
 pub const MAX_CLIENT_ID_LEN: usize = 128;
+
+/// The most bytes the recorded results of all sessions may take (values of failed CAS answers,
+/// client ids and a fixed overhead per result). Beyond it the least recently used sessions are
+/// evicted, exactly as when there are too many sessions: their later retries fail with "session
+/// expired" instead of risking a second apply. A compile-time constant, the same on every
+/// replica (it decides evictions, which are replicated state): changing it is a change of the
+/// replicated state machine.
+pub const MAX_SESSION_BYTES: u64 = 64 << 20;
+
+/// What one recorded result counts against [`MAX_SESSION_BYTES`].
+fn result_bytes(r: &Recorded) -> u64 {
+    let value = match &r.response {
+        WriteResponse::CompareAndSwap { current_value, .. } => current_value.len() as u64,
+        _ => 0,
+    };
+    48 + value
+}
+
+/// What a session counts against [`MAX_SESSION_BYTES`] besides its results.
+fn session_bytes(client_id: &str) -> u64 {
+    64 + client_id.len() as u64
+}
 
 /// Limits of the session table. Part of the replicated state: every replica must use the same
 /// values (they are stored in snapshots, and a restored state machine keeps the snapshot's).
@@ -103,9 +125,11 @@ pub(super) struct SessionTable {
     pub(super) lru: BTreeMap<Index, String>,
     /// Evicted client id -> the index of the entry that evicted it.
     pub(super) tombstones: BTreeMap<String, Index>,
-    /// Eviction index -> client id; the first key is the oldest tombstone. Unique for the same
-    /// reason as `lru`: an entry evicts at most one session.
-    pub(super) tombstone_order: BTreeMap<Index, String>,
+    /// (Eviction index, client id), oldest first: the order in which tombstones are forgotten.
+    /// One entry may evict several sessions (over [`MAX_SESSION_BYTES`]), so the id breaks ties.
+    pub(super) tombstone_order: BTreeSet<(Index, String)>,
+    /// What the sessions count against [`MAX_SESSION_BYTES`] (derived: recounted on restore).
+    pub(super) bytes: u64,
 }
 
 impl SessionTable {
@@ -116,7 +140,8 @@ impl SessionTable {
             sessions: BTreeMap::new(),
             lru: BTreeMap::new(),
             tombstones: BTreeMap::new(),
-            tombstone_order: BTreeMap::new(),
+            tombstone_order: BTreeSet::new(),
+            bytes: 0,
         }
     }
 
@@ -197,28 +222,53 @@ impl SessionTable {
             fingerprint,
             response,
         };
+        self.bytes += result_bytes(&recorded);
         if let Some(session) = self.sessions.get_mut(client_id) {
-            session.results.insert(seq, recorded);
+            if let Some(replaced) = session.results.insert(seq, recorded) {
+                self.bytes -= result_bytes(&replaced);
+            }
             let highest = session.highest_seq();
             let keep_from = highest.saturating_sub(window) + 1;
             // split_off keeps seqs >= keep_from in the returned map; the rest is dropped.
-            session.results = session.results.split_off(&keep_from);
+            let kept = session.results.split_off(&keep_from);
+            let pruned = std::mem::replace(&mut session.results, kept);
+            self.bytes -= pruned.values().map(result_bytes).sum::<u64>();
             self.touch(client_id, index);
-            return;
+        } else {
+            if self.sessions.len() as u64 >= self.config.max_sessions {
+                self.evict_lru(index);
+            }
+            let mut results = BTreeMap::new();
+            results.insert(seq, recorded);
+            self.bytes += session_bytes(client_id);
+            self.sessions.insert(
+                client_id.to_owned(),
+                Session {
+                    last_used: index,
+                    results,
+                },
+            );
+            self.lru.insert(index, client_id.to_owned());
         }
-        if self.sessions.len() as u64 >= self.config.max_sessions {
+        // Over the byte budget: evict the least recently used sessions (possibly, for a huge
+        // single session, this one: its later retries then fail as expired, never apply twice).
+        while self.bytes > MAX_SESSION_BYTES && !self.lru.is_empty() {
             self.evict_lru(index);
         }
-        let mut results = BTreeMap::new();
-        results.insert(seq, recorded);
-        self.sessions.insert(
-            client_id.to_owned(),
-            Session {
-                last_used: index,
-                results,
-            },
-        );
-        self.lru.insert(index, client_id.to_owned());
+    }
+
+    /// Recounts [`SessionTable::bytes`] (after a restore).
+    pub(super) fn recount_bytes(&mut self) {
+        self.bytes = self
+            .sessions
+            .iter()
+            .map(|(id, s)| session_bytes(id) + s.results.values().map(result_bytes).sum::<u64>())
+            .sum();
+    }
+
+    /// What the sessions count against [`MAX_SESSION_BYTES`].
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Moves `client_id` to the most recently used position.
@@ -235,7 +285,10 @@ impl SessionTable {
         let Some((_, victim)) = self.lru.pop_first() else {
             return;
         };
-        self.sessions.remove(&victim);
+        if let Some(session) = self.sessions.remove(&victim) {
+            self.bytes -=
+                session_bytes(&victim) + session.results.values().map(result_bytes).sum::<u64>();
+        }
         if self.config.max_tombstones == 0 {
             return;
         }
@@ -248,6 +301,6 @@ impl SessionTable {
             }
         }
         self.tombstones.insert(victim.clone(), index);
-        self.tombstone_order.insert(index, victim);
+        self.tombstone_order.insert((index, victim));
     }
 }

@@ -287,6 +287,7 @@ impl KvStateMachine {
         read_sessions(&mut r, applied, &mut sessions)?;
         read_tombstones(&mut r, applied, &mut sessions)?;
         r.finish()?;
+        sessions.recount_bytes();
         Ok(Self {
             data,
             sessions,
@@ -419,15 +420,9 @@ fn read_tombstones(
         if table.sessions.contains_key(client_id) {
             return Err(inconsistent("an evicted session is also live"));
         }
-        if table
+        table
             .tombstone_order
-            .insert(evicted_at, client_id.to_owned())
-            .is_some()
-        {
-            return Err(inconsistent(format!(
-                "two sessions evicted at the same index {evicted_at}"
-            )));
-        }
+            .insert((evicted_at, client_id.to_owned()));
         table.tombstones.insert(client_id.to_owned(), evicted_at);
     }
     Ok(())

@@ -269,6 +269,12 @@ impl KvStateMachine {
         self.sessions.sessions.len()
     }
 
+    /// What the session table's recorded results take, as counted against
+    /// [`super::session::MAX_SESSION_BYTES`].
+    pub fn session_bytes(&self) -> u64 {
+        self.sessions.bytes()
+    }
+
     fn advance(&mut self, index: Index) -> Result<(), OutOfOrder> {
         if index <= self.applied {
             return Err(OutOfOrder {

@@ -88,8 +88,14 @@ pub enum FaultKind {
     Kill,
     /// SIGSTOP, wait, SIGCONT.
     Pause,
-    /// kill -9 of every node at once (a power cut), then restart them all.
+    /// kill -9 of every node at once (a power cut), then restart them one by one.
     RestartAll,
+    /// kill -9 of every node, then start them all at once (a StatefulSet rolled in parallel):
+    /// every node asks the others while they are still loading.
+    RestartAllAtOnce,
+    /// kill -9, delete the data dir (a lost volume), restart empty: the node must rejoin as the
+    /// same member, not vote before it caught up, and catch up before the next fault.
+    Wipe,
     /// The node's link goes down (no packet in or out), then up again.
     Isolate,
     /// Traffic to and from the other nodes is dropped; clients still reach the node.
@@ -106,6 +112,8 @@ impl FaultKind {
             FaultKind::Kill => "kill -9",
             FaultKind::Pause => "SIGSTOP",
             FaultKind::RestartAll => "kill -9 all",
+            FaultKind::RestartAllAtOnce => "kill -9 all, start all at once",
+            FaultKind::Wipe => "kill -9, wipe volume, restart",
             FaultKind::Isolate => "isolate",
             FaultKind::CutPeers => "cut from peers",
             FaultKind::PauseThenCut => "SIGSTOP+cut, wake cut",
@@ -137,6 +145,8 @@ impl Default for Nemesis {
                 (FaultKind::Kill, 3),
                 (FaultKind::Pause, 3),
                 (FaultKind::RestartAll, 1),
+                (FaultKind::RestartAllAtOnce, 1),
+                (FaultKind::Wipe, 1),
                 (FaultKind::Isolate, 2),
                 (FaultKind::CutPeers, 1),
                 (FaultKind::PauseThenCut, 2),
@@ -740,7 +750,7 @@ async fn run_nemesis(
         }
         let leader = cluster.try_leader().await;
         let target = match (kind, aimed_at_leader, leader) {
-            (FaultKind::RestartAll, _, _) => 0,
+            (FaultKind::RestartAll | FaultKind::RestartAllAtOnce, _, _) => 0,
             (_, true, Some(leader)) => leader,
             _ => random_target,
         };
@@ -778,6 +788,28 @@ async fn inject(cluster: &mut Cluster, kind: FaultKind, target: u64, hold: Durat
             for id in cluster.member_ids() {
                 cluster.restart(id).await;
             }
+        }
+        FaultKind::RestartAllAtOnce => {
+            cluster.kill9_all();
+            tokio::time::sleep(hold / 4).await;
+            let ids = cluster.member_ids();
+            for &id in &ids {
+                cluster.launch(id);
+            }
+            for id in ids {
+                cluster.wait_node_started(id).await;
+            }
+        }
+        FaultKind::Wipe => {
+            cluster.kill9(target);
+            cluster.wipe(target);
+            tokio::time::sleep(hold).await;
+            cluster.restart(target).await;
+            // A second lost volume before this one caught up could lose committed writes,
+            // which no consensus protocol survives: the next fault waits for the catch-up.
+            cluster
+                .wait_caught_up(target, Duration::from_secs(60))
+                .await;
         }
         FaultKind::Isolate => {
             cluster.isolate(target);
