@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is the one CI runs (through .ci/run) and the README shows.
-.PHONY: run build test lint fmt purity fault sim-replay bench-storage
+.PHONY: run build test lint fmt purity fault sim-replay bench-storage image container-e2e
 
 CARGO ?= cargo
 
@@ -39,3 +39,14 @@ fault:
 # Replays one simulation seed with full output: make sim-replay SEED=1234
 sim-replay:
 	SIM_SEED=$(SEED) $(CARGO) test -p raftkv-raft --test simulation -- --nocapture
+
+# The node image raftkv/kvnode:dev (IMAGE=... to rename): from source where the Rust image can be
+# pulled, else from release binaries built here on a base made offline. Says which path it took
+# and prints the image's size.
+IMAGE ?= raftkv/kvnode:dev
+image:
+	scripts/build-image.sh --tag $(IMAGE)
+
+# The container end-to-end test alone (3 kvnode containers under faults; needs a Docker engine).
+container-e2e:
+	$(CARGO) test -p raftkv-node --test container_e2e -- --nocapture

@@ -4,7 +4,8 @@
 //! 1. It is sent to the cached leader, or else to the next endpoint in round-robin order.
 //! 2. FAILED_PRECONDITION with `raftkv-leader: host:port` means "not the leader, ask there": the
 //!    client opens a channel to that address (if it has none), caches it as the leader and retries
-//!    at once.
+//!    at once. An address listed in `ClientOptions::connect_to` is dialled as the address it maps
+//!    to (a name only a container network resolves, seen from outside it).
 //! 3. UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, transport errors and attempts that get no
 //!    answer within `attempt_timeout` forget the cached leader, rotate to the next endpoint and
 //!    retry after an exponential, jittered backoff — until the call's `timeout` runs out.
@@ -19,7 +20,7 @@
 //! in flight within one window of its oldest unfinished write (a write waits for a slot), and
 //! when the servers answer ABORTED ("session expired") it starts a new session at seq 1.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -88,6 +89,8 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     options: ClientOptions,
+    /// `options.connect_to` with both sides normalised (`http://host:port`).
+    connect_to: BTreeMap<String, String>,
     // A std Mutex, not a tokio one: it is held only for a few field updates, never across an await.
     routing: Mutex<Routing>,
     session: Mutex<Session>,
@@ -194,9 +197,14 @@ impl Client {
         if endpoints.is_empty() {
             return Err(Error::NoEndpoints);
         }
+        let connect_to = options
+            .connect_to
+            .iter()
+            .map(|(from, to)| Ok((normalize(from)?, normalize(to)?)))
+            .collect::<Result<BTreeMap<_, _>, Error>>()?;
         let mut nodes: Vec<Node> = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
-            let uri = normalize(&endpoint)?;
+            let uri = route(&connect_to, &endpoint)?;
             if nodes.iter().any(|n| n.uri == uri) {
                 continue;
             }
@@ -210,6 +218,7 @@ impl Client {
         Ok(Self {
             inner: Arc::new(Inner {
                 options,
+                connect_to,
                 routing: Mutex::new(Routing {
                     endpoints: nodes,
                     leader: None,
@@ -431,7 +440,7 @@ impl Client {
         }
         // The first node knows a leader: ask it once for the full picture. Best effort — the
         // answer we already have is still worth returning if the leader does not respond.
-        let Ok(uri) = normalize(&status.leader_client_addr) else {
+        let Ok(uri) = route(&self.inner.connect_to, &status.leader_client_addr) else {
             return Ok(status);
         };
         let Ok(index) = self.node_index(&uri) else {
@@ -611,7 +620,7 @@ impl Client {
                 Verdict::Redirect(target) => {
                     last_error = format!("{uri}: not the leader, redirected to {target}");
                     redirects_in_a_row += 1;
-                    match normalize(&target).and_then(|t| self.node_index(&t)) {
+                    match route(&self.inner.connect_to, &target).and_then(|t| self.node_index(&t)) {
                         Ok(leader) if leader != index => {
                             lock(&self.inner.routing).leader = Some(leader);
                             forced = Some(leader);
@@ -854,6 +863,12 @@ fn normalize(endpoint: &str) -> Result<String, Error> {
     Ok(format!("http://{authority}"))
 }
 
+/// The normalised address to dial for `endpoint`: its `connect_to` replacement, if it has one.
+fn route(connect_to: &BTreeMap<String, String>, endpoint: &str) -> Result<String, Error> {
+    let uri = normalize(endpoint)?;
+    Ok(connect_to.get(&uri).cloned().unwrap_or(uri))
+}
+
 /// A lazily connecting channel to `uri`, with the client's timeouts and keepalive.
 fn open_channel(uri: &str, options: &ClientOptions) -> Result<Channel, Error> {
     let endpoint =
@@ -935,6 +950,23 @@ mod tests {
         assert!(normalize("127.0.0.1").is_err());
         assert!(normalize("https://a:1").is_err());
         assert!(normalize("a:1/x").is_err());
+    }
+
+    #[test]
+    fn connect_to_replaces_named_addresses() {
+        let map: BTreeMap<String, String> = [(
+            "http://kv-0.kv.ns.svc:7001".to_owned(),
+            "http://10.1.2.3:7001".to_owned(),
+        )]
+        .into();
+        assert_eq!(
+            route(&map, "kv-0.kv.ns.svc:7001").ok().as_deref(),
+            Some("http://10.1.2.3:7001")
+        );
+        assert_eq!(
+            route(&map, "kv-1.kv.ns.svc:7001").ok().as_deref(),
+            Some("http://kv-1.kv.ns.svc:7001")
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! [`ClientOptions`]: how long to wait, how often to retry, how large a message may be.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Tunables of a [`crate::Client`]. Start from [`Default`] and override what you need:
@@ -34,6 +35,13 @@ pub struct ClientOptions {
     /// The largest gRPC message sent or received. Must exceed the 1 MiB value limit plus
     /// overhead; tonic's default (4 MiB) is too small for a full Scan page of large values.
     pub max_message_size: usize,
+    /// Addresses to dial in place of the ones the nodes name, `host:port` -> `host:port` (like
+    /// curl's `--connect-to`). Nodes redirect to the client address a leader *advertises*; in a
+    /// container network or a StatefulSet that is a DNS name only resolvable inside it, so a
+    /// client outside (a test on the Docker host) maps each name to an address it can reach.
+    /// Applies to configured endpoints, redirects and the leader named by a status. Empty by
+    /// default: every address is dialled as named.
+    pub connect_to: BTreeMap<String, String>,
 }
 
 impl Default for ClientOptions {
@@ -47,6 +55,7 @@ impl Default for ClientOptions {
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
             max_message_size: 16 * 1024 * 1024,
+            connect_to: BTreeMap::new(),
         }
     }
 }

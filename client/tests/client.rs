@@ -57,6 +57,30 @@ async fn follows_the_redirect_and_caches_the_leader() {
     assert_eq!(leader.calls(), 3);
 }
 
+/// Nodes in a container network redirect to DNS names only the network resolves;
+/// `connect_to` maps such a name to an address the client reaches.
+#[tokio::test]
+async fn connect_to_maps_an_advertised_name() {
+    let leader = Fake::new();
+    let leader_addr = start(leader.clone()).await;
+    let follower = Fake::new();
+    let name = "kv-1.kv-headless.default.svc.cluster.local:7001".to_owned();
+    *follower.redirect_to.lock().expect("lock") = Some(name.clone());
+    let follower_addr = start(follower.clone()).await;
+
+    let options = ClientOptions {
+        connect_to: [(name, leader_addr.clone())].into(),
+        ..fast(Duration::from_secs(5))
+    };
+    let client = Client::connect(vec![follower_addr], options)
+        .await
+        .expect("valid endpoints");
+    client.put("k", "v").await.expect("put via the mapped name");
+    assert_eq!(follower.calls(), 1, "asked the follower once");
+    assert_eq!(leader.calls(), 1, "then the leader, at the mapped address");
+    assert_eq!(client.leader(), Some(format!("http://{leader_addr}")));
+}
+
 /// A redirect to an address this client cannot reach (e.g. a name only the cluster resolves)
 /// must not trap round-robin on the node that redirected: the next configured endpoint is tried.
 #[tokio::test]

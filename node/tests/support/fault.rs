@@ -506,6 +506,31 @@ async fn start_clients(
     stop: &Arc<AtomicBool>,
     started: Instant,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let endpoints = cluster.endpoints();
+    start_workload(
+        &endpoints,
+        &BTreeMap::new(),
+        w,
+        recorder,
+        seed,
+        stop,
+        started,
+    )
+    .await
+}
+
+/// Spawns the workload's client tasks against the nodes at `endpoints`, dialling through
+/// `connect_to` (see [`ClientOptions::connect_to`]; the container tests need it); they run
+/// until `stop`.
+pub async fn start_workload(
+    endpoints: &[String],
+    connect_to: &BTreeMap<String, String>,
+    w: &Workload,
+    recorder: &Recorder,
+    seed: u64,
+    stop: &Arc<AtomicBool>,
+    started: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let mut index = 0usize;
     for group in 0..w.groups {
@@ -525,10 +550,11 @@ async fn start_clients(
                 connect_timeout: Duration::from_millis(300),
                 backoff_initial: Duration::from_millis(20),
                 backoff_max: Duration::from_millis(200),
+                connect_to: connect_to.clone(),
                 ..ClientOptions::default()
             };
             // Rotate the endpoint order so the clients do not all start at node 1.
-            let mut endpoints = cluster.endpoints();
+            let mut endpoints = endpoints.to_vec();
             let shift = index % endpoints.len();
             endpoints.rotate_left(shift);
             let client = Client::connect(endpoints, options)

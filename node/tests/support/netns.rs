@@ -27,6 +27,11 @@
 //!   peers and clients alike); [`Net::cut_peers`] drops only traffic between the host and the
 //!   other hosts with an nftables (or iptables) rule inside its namespace, so that the test's
 //!   clients still reach it — what a deposed leader that still serves reads needs.
+//! - Docker's packet filter does not reach this traffic. A Docker engine sets the FORWARD
+//!   policy to DROP, and with `br_netfilter` loaded, frames crossing a Linux bridge are passed
+//!   through the FORWARD chain of *the bridge's* namespace. The bridge here lives in the hub
+//!   namespace, whose (empty) tables Docker never touches, so these tests work on a machine
+//!   where Docker runs, also while containers of `container_e2e.rs` are up.
 //! - Clean-up: `Drop` deletes the namespaces (which destroys their veths, hence the root end
 //!   too), the root veth and the `/etc/netns/<ns>` directories, also while a test panics. If a
 //!   test process is SIGKILLed, a later [`Net::new`] in any test process sweeps the namespaces
