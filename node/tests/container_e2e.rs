@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use docker::{
     DockerCluster, SERVICE, TestImage, docker_or_skip, run_prefix, sweep_stale, wait_for,
 };
-use fault::history::{CheckOptions, EventType, Func, Op, Recorder};
-use fault::{Workload, final_state_check, start_workload};
+use fault::history::{CheckOptions, EventType, Func, Recorder};
+use fault::{Workload, final_state_check, read_back, recorded_keys, start_workload};
 use raftkv_client::{Client, ClientOptions, Consistency};
 use raftkv_proto::v1 as pb;
 
@@ -615,34 +615,5 @@ async fn stop_leader(cluster: &mut DockerCluster, ctx: &Ctx<'_>) {
 
 /// Reads every key of the history once more (LINEARIZABLE), recorded in the history too.
 async fn final_reads(client: &Client, recorder: &Recorder) -> BTreeMap<String, Option<String>> {
-    let mut keys: Vec<String> = recorder
-        .history()
-        .events
-        .iter()
-        .map(|e| e.key.clone())
-        .collect();
-    keys.sort();
-    keys.dedup();
-    let mut p = recorder.process();
-    let mut finals = BTreeMap::new();
-    for key in keys {
-        let deadline = Instant::now() + SLOW;
-        loop {
-            p.invoke(key.clone(), Op::Read);
-            match client.get(key.clone(), Consistency::Linearizable).await {
-                Ok(got) => {
-                    let value = got.map(|v| String::from_utf8_lossy(&v.value).into_owned());
-                    p.ok_read(value.clone());
-                    finals.insert(key, value);
-                    break;
-                }
-                Err(e) if Instant::now() < deadline => {
-                    p.fail(&e);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => panic!("the cluster does not serve a read of {key}: {e}"),
-            }
-        }
-    }
-    finals
+    read_back(client, recorder, &recorded_keys(recorder)).await
 }

@@ -55,8 +55,6 @@ const LABEL: &str = "raftkv.e2e.pid";
 const SUBNET_PREFIX: [u8; 2] = [10, 214];
 /// How long one `Cluster.Status` may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
-/// The pause between two probes of a polled condition.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 // ----- the engine ----------------------------------------------------------------------------
 
@@ -741,32 +739,5 @@ fn create_network(name: &str) -> u8 {
     panic!("no free subnet 10.214.x.0/24 for the test network: {last_error}")
 }
 
-/// Probes every 50 ms until `probe` returns `Some`, and returns it; panics with `what` and the
-/// time waited if `timeout` passes first.
-pub async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    match try_wait_for(timeout, &mut probe).await {
-        Some(value) => value,
-        None => panic!("timed out after {timeout:?} waiting for {what}"),
-    }
-}
-
-/// Like [`wait_for`], but `None` on timeout.
-pub async fn try_wait_for<T>(
-    timeout: Duration,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
+// Polling is the process harness's `wait_for`: one implementation for every cluster kind.
+pub use crate::fault::process::wait_for;

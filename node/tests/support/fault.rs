@@ -836,7 +836,8 @@ async fn inject(cluster: &mut Cluster, kind: FaultKind, target: u64, hold: Durat
 
 // ----- the end -------------------------------------------------------------------------------
 
-fn recorded_keys(recorder: &Recorder) -> Vec<String> {
+/// Every key the history names, in order, once.
+pub fn recorded_keys(recorder: &Recorder) -> Vec<String> {
     let mut keys: Vec<String> = recorder
         .history()
         .events
@@ -855,7 +856,17 @@ async fn final_reads(
     recorder: &Recorder,
     keys: &[String],
 ) -> BTreeMap<String, Option<String>> {
-    let client = cluster.leader_client().await;
+    read_back(&cluster.leader_client().await, recorder, keys).await
+}
+
+/// Reads every key of `keys` once more, LINEARIZABLE, through `client`, retrying for up to a
+/// minute per key; each read is recorded in `recorder` under one new process. Returns the values
+/// read.
+pub async fn read_back(
+    client: &raftkv_client::Client,
+    recorder: &Recorder,
+    keys: &[String],
+) -> BTreeMap<String, Option<String>> {
     let mut p = recorder.process();
     let mut finals = BTreeMap::new();
     for key in keys {
@@ -873,7 +884,7 @@ async fn final_reads(
                     p.fail(&e);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => panic!("the healed cluster does not serve a read of {key}: {e}"),
+                Err(e) => panic!("the cluster does not serve a read of {key}: {e}"),
             }
         }
     }
