@@ -7,6 +7,14 @@
 //! with no timer involved. The loop never holds anything across an await but its own state, and
 //! never waits on the network: outbound messages go into per-peer queues (`transport`).
 //!
+//! Snapshots. A local snapshot is taken from a clone of the state machine (values are
+//! reference-counted, so the clone copies the map's structure only) and encoded, written and
+//! fsynced by a blocking task while the loop goes on; when it is done the loop installs it and
+//! compacts the log (unless a newer snapshot from the leader was installed meanwhile). A snapshot
+//! received from the leader is read, checked and decoded on the blocking pool before it replaces
+//! the log. Still to do (the safety issue, item 8): a trailing log after compaction, and a
+//! frozen view that does not even copy the map's structure.
+//!
 //! Waiters. A write's reply waits under the entry's (index, term). When the entry at that index is
 //! applied with another term, the write was lost (UNAVAILABLE; the client retries with the same
 //! seq). When this node stops being leader, every waiter fails the same way, since its entry may
@@ -40,8 +48,7 @@ use crate::handle::{
 };
 use crate::kv::{KvStateMachine, WriteResponse};
 use crate::members::{
-    EntryKind, MemberAddrs, MemberBook, added_learner, decode_snapshot, encode_context,
-    encode_snapshot,
+    EntryKind, MemberAddrs, MemberBook, added_learner, encode_context, snapshot_header,
 };
 use crate::metrics::Metrics;
 use crate::storage::{SnapshotStore, StagedSnapshot, StorageHandle, WriteBatch};
@@ -203,6 +210,30 @@ pub(crate) struct Driver {
     was_member: bool,
     /// The channel used to publish this node's addresses, and the leader address it goes to.
     publish_channel: Option<(String, tonic::transport::Channel)>,
+    /// A snapshot being written in the background (see [`Driver::maybe_snapshot`]).
+    snapshot_job: Option<SnapshotJob>,
+}
+
+/// A local snapshot at `index`, written to a staged file by a blocking task while the loop goes
+/// on (ticks, heartbeats, writes).
+struct SnapshotJob {
+    index: Index,
+    done: oneshot::Receiver<Result<StagedSnapshot, String>>,
+}
+
+/// Waits for the background snapshot, if there is one (never resolves otherwise).
+async fn snapshot_written(
+    job: &mut Option<SnapshotJob>,
+) -> (Index, Result<StagedSnapshot, String>) {
+    match job {
+        Some(job) => {
+            let result = (&mut job.done)
+                .await
+                .unwrap_or_else(|_| Err("the snapshot task stopped".into()));
+            (job.index, result)
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl Driver {
@@ -238,6 +269,7 @@ impl Driver {
             published_at: None,
             was_member: false,
             publish_channel: None,
+            snapshot_job: None,
         };
         driver.plant_bugs();
         driver
@@ -301,6 +333,10 @@ impl Driver {
                             Err(_) => break,
                         }
                     }
+                }
+                (index, written) = snapshot_written(&mut self.snapshot_job) => {
+                    self.snapshot_job = None;
+                    self.finish_snapshot(index, written).await?;
                 }
                 Some(req) = self.requests.recv() => {
                     self.on_request(req);
@@ -610,7 +646,7 @@ impl Driver {
             let mut rd = self.raw.ready();
             self.handle_ready(&mut rd).await?;
             self.raw.advance(&rd);
-            self.maybe_snapshot().await?;
+            self.maybe_snapshot()?;
         }
         self.publish_observed();
         Ok(())
@@ -637,10 +673,11 @@ impl Driver {
             Some(meta) => Some(self.take_received(meta)?),
             None => None,
         };
-        // Read the received data before it is installed: restoring must not fail after the
-        // snapshot replaced our log on disk.
+        // Load the received snapshot (read, check, decode, rebuild the state machine, on the
+        // blocking pool) before it is installed: restoring must not fail after the snapshot
+        // replaced our log on disk.
         let restore_from = match &staged {
-            Some(s) => Some(read_staged(s).await?),
+            Some(s) => Some(load_staged(s).await?),
             None => None,
         };
         let batch = WriteBatch {
@@ -670,8 +707,8 @@ impl Driver {
                 Err(_) => return Err(NodeError::Internal("storage thread is gone".into())),
             }
         }
-        if let (Some(meta), Some(reader)) = (&rd.snapshot, restore_from) {
-            self.restore_snapshot(meta, reader)?;
+        if let (Some(meta), Some(loaded)) = (&rd.snapshot, restore_from) {
+            self.restore_snapshot(meta, loaded);
         }
 
         // 3. Promises that depend on durable state.
@@ -706,11 +743,8 @@ impl Driver {
             })
     }
 
-    fn restore_snapshot(&mut self, meta: &SnapshotMeta, data: Bytes) -> Result<(), NodeError> {
-        let (book, kv) = decode_snapshot(data)
-            .map_err(|e| NodeError::Internal(format!("snapshot {}: {e}", meta.index)))?;
-        self.kv = KvStateMachine::restore(&kv)
-            .map_err(|e| NodeError::Internal(format!("snapshot {}: {e}", meta.index)))?;
+    fn restore_snapshot(&mut self, meta: &SnapshotMeta, (book, kv): (MemberBook, KvStateMachine)) {
+        self.kv = kv;
         self.plant_bugs();
         self.book.extend(book);
         self.snapshot_index = meta.index;
@@ -732,7 +766,6 @@ impl Driver {
             term = meta.term,
             "installed snapshot from the leader"
         );
-        Ok(())
     }
 
     fn apply(&mut self, e: &Entry) -> Result<(), NodeError> {
@@ -861,27 +894,56 @@ impl Driver {
 
     // ----- snapshots ------------------------------------------------------------------------
 
-    async fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+    /// Starts a local snapshot once `snapshot_entries` entries were applied since the last one.
+    ///
+    /// The state at this point is cloned (the values are reference-counted, so this copies the
+    /// map's structure, not the data) and a blocking task encodes and writes it, fsyncs the file
+    /// and hands it back through [`SnapshotJob`]; meanwhile the loop keeps ticking, heartbeating
+    /// and applying. [`Driver::finish_snapshot`] installs it and compacts the log.
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
         let applied = self.kv.applied_index();
-        if applied < self.snapshot_index + self.cfg.snapshot_entries {
+        if self.snapshot_job.is_some() || applied < self.snapshot_index + self.cfg.snapshot_entries
+        {
             return Ok(());
         }
         let meta = self
             .raw
             .snapshot_meta(applied)
             .map_err(|e| NodeError::Internal(format!("snapshot meta at {applied}: {e}")))?;
-        let data = encode_snapshot(&self.book, &self.kv.snapshot());
+        let header = snapshot_header(&self.book);
+        let kv = self.kv.clone();
         let snapshots = self.snapshots.clone();
-        // Writing and fsyncing the file blocks: keep it off the async workers.
-        let staged = tokio::task::spawn_blocking(move || -> Result<StagedSnapshot, String> {
-            use std::io::Write;
-            let mut w = snapshots.writer(meta).map_err(|e| e.to_string())?;
-            w.write_all(&data).map_err(|e| e.to_string())?;
-            w.finish().map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
-        .map_err(|e| NodeError::Internal(format!("snapshot at {applied}: {e}")))?;
+        let (tx, done) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let written = (|| -> Result<StagedSnapshot, String> {
+                use std::io::Write;
+                let mut w = snapshots.writer(meta).map_err(|e| e.to_string())?;
+                w.write_all(&header).map_err(|e| e.to_string())?;
+                kv.write_snapshot(&mut w).map_err(|e| e.to_string())?;
+                w.finish().map_err(|e| e.to_string())
+            })();
+            let _ = tx.send(written);
+        });
+        self.snapshot_job = Some(SnapshotJob {
+            index: applied,
+            done,
+        });
+        Ok(())
+    }
+
+    /// Installs a snapshot written in the background and compacts the log up to it, unless a
+    /// newer snapshot (one received from the leader) was installed meanwhile.
+    async fn finish_snapshot(
+        &mut self,
+        index: Index,
+        written: Result<StagedSnapshot, String>,
+    ) -> Result<(), NodeError> {
+        let staged =
+            written.map_err(|e| NodeError::Internal(format!("snapshot at {index}: {e}")))?;
+        if index <= self.snapshot_index {
+            // Superseded; the staged file is deleted when dropped.
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         self.storage.submit(
             WriteBatch {
@@ -896,18 +958,18 @@ impl Driver {
             .map_err(|_| NodeError::Internal("storage thread is gone".into()))?
             .map_err(|e| NodeError::Internal(format!("install snapshot: {e}")))?;
         let (tx, rx) = oneshot::channel();
-        self.storage.compact(applied, move |r| {
+        self.storage.compact(index, move |r| {
             let _ = tx.send(r);
         });
         rx.await
             .map_err(|_| NodeError::Internal("storage thread is gone".into()))?
             .map_err(|e| NodeError::Internal(format!("compact: {e}")))?;
         self.raw
-            .compact(applied)
+            .compact(index)
             .map_err(|e| NodeError::Internal(format!("compact core: {e}")))?;
-        self.snapshot_index = applied;
+        self.snapshot_index = index;
         self.metrics.snapshot_taken();
-        debug!(index = applied, "snapshot taken, log compacted");
+        debug!(index, "snapshot taken, log compacted");
         Ok(())
     }
 
@@ -1078,20 +1140,17 @@ fn reply_err(w: Waiter, err: NodeError) {
     }
 }
 
-/// Reads a staged snapshot's data (and verifies its checksum) on the blocking pool.
-async fn read_staged(staged: &StagedSnapshot) -> Result<Bytes, NodeError> {
+/// Loads a staged snapshot (reads it, verifies its checksum, rebuilds the book and the state
+/// machine) on the blocking pool.
+async fn load_staged(staged: &StagedSnapshot) -> Result<(MemberBook, KvStateMachine), NodeError> {
     let index = staged.meta().index;
-    let mut reader = staged
+    let reader = staged
         .open_reader()
         .map_err(|e| NodeError::Internal(format!("snapshot {index}: {e}")))?;
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut data = Vec::new();
-        reader.read_to_end(&mut data).map(|_| Bytes::from(data))
-    })
-    .await
-    .map_err(|e| NodeError::Internal(e.to_string()))?
-    .map_err(|e| NodeError::Internal(format!("reading snapshot {index}: {e}")))
+    tokio::task::spawn_blocking(move || crate::members::load_snapshot(reader))
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+        .map_err(|e| NodeError::Internal(format!("snapshot {index}: {e}")))
 }
 
 /// A lazily connected channel to a leader's peer port, for address publication.

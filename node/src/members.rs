@@ -184,7 +184,15 @@ const SNAPSHOT_VERSION: u8 = 1;
 
 /// Writes a node snapshot: the address book, then the KV state machine's snapshot.
 pub fn encode_snapshot(book: &MemberBook, kv_snapshot: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(kv_snapshot.len() + 64 * book.len() + 16);
+    let mut out = snapshot_header(book).to_vec();
+    out.extend_from_slice(kv_snapshot);
+    out
+}
+
+/// The bytes of a node snapshot that come before the KV snapshot (magic, version, address book),
+/// for writers that stream the KV snapshot after it.
+pub fn snapshot_header(book: &MemberBook) -> BytesMut {
+    let mut out = BytesMut::with_capacity(64 * book.len() + 16);
     out.put_slice(SNAPSHOT_MAGIC);
     out.put_u8(SNAPSHOT_VERSION);
     out.put_u32(book.len() as u32);
@@ -192,8 +200,22 @@ pub fn encode_snapshot(book: &MemberBook, kv_snapshot: &[u8]) -> Vec<u8> {
         out.put_u64(*id);
         put_addrs(&mut out, addrs);
     }
-    out.put_slice(kv_snapshot);
-    out.to_vec()
+    out
+}
+
+/// Reads a whole node snapshot from `reader` (a snapshot file, whose checksum the reader checks)
+/// and rebuilds the address book and the KV state machine from it. Blocking: the node calls it
+/// on the blocking pool, both at start-up and when it installs a snapshot from the leader.
+pub fn load_snapshot(
+    mut reader: impl std::io::Read,
+) -> Result<(MemberBook, crate::kv::KvStateMachine), String> {
+    let mut data = Vec::new();
+    reader
+        .read_to_end(&mut data)
+        .map_err(|e| format!("reading: {e}"))?;
+    let (book, kv) = decode_snapshot(data.into()).map_err(|e| e.to_string())?;
+    let kv = crate::kv::KvStateMachine::restore(&kv).map_err(|e| e.to_string())?;
+    Ok((book, kv))
 }
 
 /// Splits a node snapshot into the address book and the KV snapshot bytes.

@@ -35,7 +35,7 @@ use crate::driver::{Driver, DriverConfig, DriverParts, Observed};
 use crate::error::NodeError;
 use crate::handle::NodeHandle;
 use crate::kv::KvStateMachine;
-use crate::members::{EntryKind, MemberAddrs, MemberBook, added_learner, decode_snapshot};
+use crate::members::{EntryKind, MemberAddrs, MemberBook, added_learner, load_snapshot};
 use crate::metrics::Metrics;
 use crate::storage::{DiskOptions, DiskStorage, LogStorage, StorageThread};
 use crate::transport::{PeerGuards, RaftService, Transport, TransportConfig};
@@ -331,23 +331,15 @@ async fn start_in_span(
         .collect();
     let mut kv = KvStateMachine::new();
     if let Some(meta) = &recovered.snapshot {
-        use std::io::Read;
-        let mut data = Vec::new();
-        snapshots
-            .open(meta)
-            .map_err(|e| stop_servers(e.into()))?
-            .read_to_end(&mut data)
-            .map_err(|e| StartError::Invalid(format!("reading snapshot {}: {e}", meta.index)))
+        let reader = snapshots.open(meta).map_err(|e| stop_servers(e.into()))?;
+        let index = meta.index;
+        let (snap_book, snap_kv) = tokio::task::spawn_blocking(move || load_snapshot(reader))
+            .await
+            .map_err(|e| StartError::Invalid(format!("loading snapshot {index}: {e}")))
+            .and_then(|r| r.map_err(|e| StartError::Invalid(format!("snapshot {index}: {e}"))))
             .map_err(stop_servers)?;
-        let (snap_book, kv_bytes) = decode_snapshot(data.into())
-            .map_err(|e| StartError::Invalid(format!("snapshot {}: {e}", meta.index)))
-            .map_err(stop_servers)?;
-        kv = KvStateMachine::restore(&kv_bytes)
-            .map_err(|e| StartError::Invalid(format!("snapshot {}: {e}", meta.index)))
-            .map_err(stop_servers)?;
-        for (id, addrs) in snap_book {
-            book.insert(id, addrs);
-        }
+        kv = snap_kv;
+        book.extend(snap_book);
     }
     for e in &recovered.entries {
         learn_from_entry(&mut book, e);
