@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is the one CI runs (through .ci/run) and the README shows.
-.PHONY: run build test lint fmt purity fault sim-replay bench-storage
+.PHONY: run build test lint fmt purity fault sim-replay bench-storage crd
 
 CARGO ?= cargo
 
@@ -39,3 +39,7 @@ fault:
 # Replays one simulation seed with full output: make sim-replay SEED=1234
 sim-replay:
 	SIM_SEED=$(SEED) $(CARGO) test -p raftkv-raft --test simulation -- --nocapture
+
+# The operator's CRD, generated from operator/src/crd.rs (a test fails when the committed one is stale).
+crd:
+	$(CARGO) run -q -p raftkv-operator --bin crdgen > charts/raftkv/crds/kvclusters.raftkv.dev.yaml

@@ -1,0 +1,9 @@
+//! raftkv-operator: runs raftkv clusters on Kubernetes.
+//!
+//! - [`crd`]: the `KvCluster` resource (spec, status) and the generated CRD.
+//! - [`resources`]: pure builders of the objects a KvCluster owns (Services, PDB, NetworkPolicy,
+//!   StatefulSet).
+//! - [`render`]: `kv-operator render`, the objects the first reconcile would apply.
+pub mod crd;
+pub mod render;
+pub mod resources;
