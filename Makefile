@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is the one CI runs (through .ci/run) and the README shows.
-.PHONY: run build test lint fmt purity fault sim-replay bench-storage crd
+.PHONY: run build test lint fmt purity fault sim-replay bench-storage crd chart e2e-kind
 
 CARGO ?= cargo
 
@@ -43,3 +43,15 @@ sim-replay:
 # The operator's CRD, generated from operator/src/crd.rs (a test fails when the committed one is stale).
 crd:
 	$(CARGO) run -q -p raftkv-operator --bin crdgen > charts/raftkv/crds/kvclusters.raftkv.dev.yaml
+
+# Chart checks: helm lint, kubernetes-validate of the chart and of `kv-operator render`, example
+# KvClusters against the CRD schema, the e2e workflow's schema. Installs helm into .tools/ and the
+# validators into .venv/ when missing.
+chart:
+	scripts/install-helm.sh
+	test -x .venv/bin/check-jsonschema || (python3 -m venv .venv && .venv/bin/pip install -q kubernetes-validate check-jsonschema)
+	scripts/check-chart.sh
+
+# The kind end-to-end test (needs docker, kind, kubectl, helm; not runnable on this project's machines).
+e2e-kind:
+	scripts/e2e-kind.sh
