@@ -1,11 +1,20 @@
-//! raftkv-operator: runs raftkv clusters on Kubernetes.
+//! raftkv-operator: runs raftkv clusters on Kubernetes (DESIGN §7).
+//!
+//! One reconcile of a KvCluster is observe -> plan -> act -> report:
 //!
 //! - [`crd`]: the `KvCluster` resource (spec, status) and the generated CRD.
 //! - [`resources`]: pure builders of the objects a KvCluster owns (Services, PDB, NetworkPolicy,
 //!   StatefulSet).
+//! - [`nodes`]: the nodes' `Cluster` API as the operator uses it (a trait, and its gRPC
+//!   implementation).
+//! - [`observe`]: what the API server and the nodes said, turned into the planner's input.
 //! - [`planner`]: the pure planner, observed state -> at most one action, and the leader labels.
+//! - [`status`]: the status and conditions written after every pass.
 //! - [`render`]: `kv-operator render`, the objects the first reconcile would apply.
 pub mod crd;
+pub mod nodes;
+pub mod observe;
 pub mod planner;
 pub mod render;
 pub mod resources;
+pub mod status;
