@@ -10,8 +10,12 @@
 //! - [`observe`]: what the API server and the nodes said, turned into the planner's input.
 //! - [`planner`]: the pure planner, observed state -> at most one action, and the leader labels.
 //! - [`status`]: the status and conditions written after every pass.
+//! - [`controller`]: reconcile (observe, plan, act, report), error policy with backoff.
 //! - [`render`]: `kv-operator render`, the objects the first reconcile would apply.
+//! - [`metrics`]: the operator's Prometheus series and its /metrics, /healthz, /readyz endpoint.
+pub mod controller;
 pub mod crd;
+pub mod metrics;
 pub mod nodes;
 pub mod observe;
 pub mod planner;

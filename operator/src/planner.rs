@@ -279,7 +279,8 @@ pub enum Health {
 pub struct Plan {
     /// The one action.
     pub action: Action,
-    /// The replicas to apply the owned objects with, or None to apply nothing.
+    /// The replicas to apply the owned objects with (the new count for a scaling action), or
+    /// None to apply nothing.
     pub statefulset_replicas: Option<i32>,
     /// Leader label changes, in order.
     pub labels: Vec<LabelChange>,
@@ -515,6 +516,7 @@ pub fn plan(o: &Observed) -> Plan {
             }
         } else {
             p.action = Action::ScaleStatefulSet { from: n, to: n - 1 };
+            p.statefulset_replicas = Some(n - 1);
             p.message = format!("shrinking the StatefulSet to {} pods", n - 1);
         }
         return p;
@@ -534,6 +536,7 @@ pub fn plan(o: &Observed) -> Plan {
         match not_voter {
             None => {
                 p.action = Action::ScaleStatefulSet { from: n, to: n + 1 };
+                p.statefulset_replicas = Some(n + 1);
                 p.message = format!("growing the StatefulSet to {} pods", n + 1);
             }
             Some(ordinal) => {

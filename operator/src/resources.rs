@@ -136,11 +136,7 @@ impl Cluster {
 
     /// The headless Service's fully qualified DNS name (`--discovery dns:<this>`).
     pub fn headless_fqdn(&self) -> String {
-        format!(
-            "{}.{}.svc.cluster.local",
-            self.headless_service_name(),
-            self.namespace
-        )
+        headless_fqdn(&self.name, &self.namespace)
     }
 
     /// The pod of a StatefulSet ordinal.
@@ -210,6 +206,17 @@ impl Cluster {
             match_expressions: None,
         }
     }
+}
+
+/// The headless Service's fully qualified DNS name for KvCluster `name` in `namespace`.
+pub fn headless_fqdn(name: &str, namespace: &str) -> String {
+    format!("{name}-peers.{namespace}.svc.cluster.local")
+}
+
+/// The stable DNS name of pod `pod` of KvCluster `name`: the host of its advertised addresses
+/// (kvnode derives the same name from its hostname).
+pub fn pod_fqdn(name: &str, namespace: &str, pod: &str) -> String {
+    format!("{pod}.{}", headless_fqdn(name, namespace))
 }
 
 /// The number of voters that make a quorum in a cluster of `members`.

@@ -568,6 +568,14 @@ fn check(row: &Row) -> Result<Plan, String> {
             got.action, row.action
         ));
     }
+    if let Action::ScaleStatefulSet { to, .. } = row.action
+        && got.statefulset_replicas != Some(to)
+    {
+        errors.push(format!(
+            "statefulset_replicas: got {:?}, want {to}",
+            got.statefulset_replicas
+        ));
+    }
     if got.phase != row.phase {
         errors.push(format!("phase: got {:?}, want {:?}", got.phase, row.phase));
     }
