@@ -11,6 +11,7 @@
 //! - [`planner`]: the pure planner, observed state -> at most one action, and the leader labels.
 //! - [`status`]: the status and conditions written after every pass.
 //! - [`controller`]: reconcile (observe, plan, act, report), error policy with backoff.
+//! - [`run`]: `kv-operator run`: leader election, the controller, graceful shutdown.
 //! - [`render`]: `kv-operator render`, the objects the first reconcile would apply.
 //! - [`metrics`]: the operator's Prometheus series and its /metrics, /healthz, /readyz endpoint.
 pub mod controller;
@@ -21,4 +22,5 @@ pub mod observe;
 pub mod planner;
 pub mod render;
 pub mod resources;
+pub mod run;
 pub mod status;
