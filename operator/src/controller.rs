@@ -189,7 +189,8 @@ async fn reconcile_inner<N: NodeApi>(kvc: &KvCluster, ctx: &Context<N>) -> Resul
             Err(e) => info!(pod, "no status: {e}"),
         }
     }
-    let observed = observe::observed(kvc, statefulset.as_ref(), &pods, &statuses);
+    let now = (ctx.now)();
+    let observed = observe::observed(kvc, statefulset.as_ref(), &pods, &statuses, &now);
 
     // Plan.
     let plan = planner::plan(&observed);
@@ -225,7 +226,7 @@ async fn reconcile_inner<N: NodeApi>(kvc: &KvCluster, ctx: &Context<N>) -> Resul
         &observed,
         &plan,
         format!("{INSTANCE_LABEL}={name},app.kubernetes.io/name=raftkv"),
-        (ctx.now)(),
+        now,
     );
     if kvc.status.as_ref() != Some(&new_status) {
         patch_status(ctx, &name, &ns, &new_status).await?;

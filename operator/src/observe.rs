@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use raftkv_proto::v1 as pb;
 
 use crate::crd::KvCluster;
 use crate::planner::{
     Member, MemberRole, MemberState, NodeRole, NodeStatus, Observed, ObservedPod,
-    ObservedStatefulSet,
+    ObservedStatefulSet, settle_ms,
 };
 use crate::resources::{REVISION_LABEL, ROLE_LABEL};
 
@@ -73,21 +74,27 @@ pub fn ordinal(pod_name: &str, set: &str) -> Option<u32> {
     rest.parse().ok()
 }
 
-/// Whether a pod's Ready condition is true.
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
+/// How long a pod has been ready at `now`, in milliseconds: None when its Ready condition is not
+/// true, 0 when it is but has no transition time.
+fn ready_for_ms(pod: &Pod, now: &Time) -> Option<u64> {
+    let ready = pod
+        .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready" && c.status == "True"))?;
+    let since = ready.last_transition_time.as_ref()?;
+    let ms = now.0.duration_since(since.0).as_millis();
+    Some(u64::try_from(ms.max(0)).unwrap_or(0))
 }
 
-/// Assembles the planner's input. `statuses` maps pod names to their answers; a pod missing from
-/// it did not answer.
+/// Assembles the planner's input at time `now`. `statuses` maps pod names to their answers; a
+/// pod missing from it did not answer.
 pub fn observed(
     kvc: &KvCluster,
     statefulset: Option<&StatefulSet>,
     pods: &[Pod],
     statuses: &BTreeMap<String, pb::StatusResponse>,
+    now: &Time,
 ) -> Observed {
     let set = kvc.metadata.name.clone().unwrap_or_default();
     let mut observed_pods: Vec<ObservedPod> = pods
@@ -96,11 +103,13 @@ pub fn observed(
             let name = pod.metadata.name.clone()?;
             let ordinal = ordinal(&name, &set)?;
             let labels = pod.metadata.labels.as_ref();
+            let ready_for = ready_for_ms(pod, now);
             Some(ObservedPod {
                 ordinal,
                 revision: labels.and_then(|l| l.get(REVISION_LABEL)).cloned(),
                 terminating: pod.metadata.deletion_timestamp.is_some(),
-                ready: is_ready(pod),
+                ready: ready_for.is_some(),
+                ready_for_ms: ready_for.unwrap_or(0),
                 role_label: labels.and_then(|l| l.get(ROLE_LABEL)).cloned(),
                 status: statuses.get(&name).map(node_status),
                 name,
@@ -114,6 +123,10 @@ pub fn observed(
         paused: kvc.spec.paused,
         initial_replicas: status.and_then(|s| s.initial_replicas),
         cluster_id_known: status.is_some_and(|s| s.cluster_id.is_some()),
+        settle_ms: settle_ms(
+            u64::try_from(kvc.spec.tuning.tick_millis).unwrap_or(100),
+            u64::try_from(kvc.spec.tuning.election_ticks).unwrap_or(10),
+        ),
         statefulset: statefulset.map(|s| ObservedStatefulSet {
             replicas: s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
             update_revision: s.status.as_ref().and_then(|s| s.update_revision.clone()),
@@ -195,6 +208,7 @@ mod tests {
             initial_replicas: Some(3),
             ..Default::default()
         });
+        let at = |secs: i64| Time(k8s_openapi::jiff::Timestamp::from_second(secs).expect("time"));
         let pod = |name: &str, ready: bool, labels: &[(&str, &str)]| Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -210,6 +224,7 @@ mod tests {
                 conditions: Some(vec![PodCondition {
                     type_: "Ready".into(),
                     status: if ready { "True" } else { "False" }.into(),
+                    last_transition_time: Some(at(1000)),
                     ..Default::default()
                 }]),
                 ..Default::default()
@@ -234,13 +249,16 @@ mod tests {
                 ..Default::default()
             },
         )]);
-        let o = observed(&kvc, None, &pods, &statuses);
+        let o = observed(&kvc, None, &pods, &statuses, &at(1003));
         assert_eq!(o.initial_replicas, Some(3));
         assert!(!o.cluster_id_known);
         assert_eq!(o.statefulset, None);
         let names: Vec<_> = o.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["demo-0", "demo-1"]);
         assert!(o.pods[0].ready && !o.pods[1].ready);
+        assert_eq!((o.pods[0].ready_for_ms, o.pods[1].ready_for_ms), (3000, 0));
+        // The default tuning (100 ms ticks, 10 election ticks): 4 s to settle.
+        assert_eq!(o.settle_ms, 4000);
         assert_eq!(o.pods[0].role_label.as_deref(), Some("leader"));
         assert_eq!(o.pods[0].status.as_ref().map(|s| s.term), Some(2));
         assert_eq!(o.pods[1].status, None);

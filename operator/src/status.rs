@@ -247,6 +247,7 @@ mod tests {
             paused: false,
             initial_replicas: Some(3),
             cluster_id_known: true,
+            settle_ms: 4000,
             statefulset: Some(ObservedStatefulSet {
                 replicas: 2,
                 update_revision: None,
@@ -258,6 +259,7 @@ mod tests {
                     revision: None,
                     terminating: false,
                     ready: true,
+                    ready_for_ms: 60_000,
                     role_label: None,
                     status: Some(NodeStatus {
                         node_id: 1,
@@ -277,6 +279,7 @@ mod tests {
                     revision: None,
                     terminating: false,
                     ready: false,
+                    ready_for_ms: 0,
                     role_label: None,
                     status: None,
                 },

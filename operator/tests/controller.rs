@@ -323,7 +323,7 @@ fn pod(ordinal: u32, role_label: Option<&str>) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": format!("demo-{ordinal}"), "namespace": "ns", "labels": labels},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+        "status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2023-11-14T22:00:00Z"}]}
     })
 }
 

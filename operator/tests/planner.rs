@@ -48,6 +48,7 @@ fn healthy(n: u32, leader: u32) -> Observed {
                 revision: Some("r1".into()),
                 terminating: false,
                 ready: true,
+                ready_for_ms: 60_000,
                 role_label: Some(if is_leader { "leader" } else { "follower" }.into()),
                 status: Some(node(
                     id,
@@ -68,6 +69,7 @@ fn healthy(n: u32, leader: u32) -> Observed {
         paused: false,
         initial_replicas: Some(3),
         cluster_id_known: true,
+        settle_ms: 4000,
         statefulset: Some(ObservedStatefulSet {
             replicas: i32::try_from(n).expect("small"),
             update_revision: Some("r1".into()),
@@ -114,6 +116,7 @@ fn add_new_pod(o: &mut Observed, ordinal: u32, state: MemberState) {
         revision: Some("r1".into()),
         terminating: false,
         ready: false,
+        ready_for_ms: 0,
         role_label: None,
         status: Some(s),
     });
@@ -252,6 +255,7 @@ fn rows() -> Vec<Row> {
         revision: Some("r1".into()),
         terminating: true,
         ready: false,
+        ready_for_ms: 0,
         role_label: Some("leader".into()),
         status: None,
     });
@@ -356,6 +360,7 @@ fn rows() -> Vec<Row> {
     );
     status(&mut o, 3).member_state = MemberState::Voter;
     pod(&mut o, 3).ready = true;
+    pod(&mut o, 3).ready_for_ms = 60_000;
     rows.push(Row {
         name: "scale-up-next-pod",
         observed: o,
@@ -450,6 +455,7 @@ fn rows() -> Vec<Row> {
     });
     pod(&mut o, 2).revision = Some("r2".into());
     pod(&mut o, 2).ready = false;
+    pod(&mut o, 2).ready_for_ms = 0;
     rows.push(Row {
         name: "image-change-waits-for-replacement",
         observed: o.clone(),
@@ -458,7 +464,18 @@ fn rows() -> Vec<Row> {
         labels: None,
         message: "demo-2 is not healthy and ready",
     });
+    // Ready again, but not for long enough: the leader may still remember the old process.
     pod(&mut o, 2).ready = true;
+    pod(&mut o, 2).ready_for_ms = 1500;
+    rows.push(Row {
+        name: "image-change-waits-for-replacement-to-settle",
+        observed: o.clone(),
+        action: Action::None,
+        phase: Phase::Upgrading,
+        labels: None,
+        message: "demo-2 has been ready for 1500 ms, less than 4000 ms",
+    });
+    pod(&mut o, 2).ready_for_ms = 4000;
     pod(&mut o, 1).revision = Some("r2".into());
     rows.push(Row {
         name: "image-change-leader-transfers-last",
@@ -532,6 +549,7 @@ fn rows() -> Vec<Row> {
         s.catch_up_index = 100;
     }
     pod(&mut o, 1).ready = false;
+    pod(&mut o, 1).ready_for_ms = 0;
     rows.push(Row {
         name: "empty-volume-catches-up",
         observed: o,
@@ -625,6 +643,15 @@ fn planner_table() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn settle_time_outlasts_the_leaders_memory_of_a_member() {
+    // The leader calls a member healthy for up to one election timeout (< 2T) after its last
+    // answer; the settle time must be longer than that.
+    use raftkv_operator::planner::settle_ms;
+    assert_eq!(settle_ms(100, 10), 4000);
+    assert!(settle_ms(30, 10) > 2 * 30 * 10);
 }
 
 #[test]
