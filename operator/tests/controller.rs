@@ -328,6 +328,11 @@ fn pod(ordinal: u32, role_label: Option<&str>) -> Value {
 }
 
 fn statefulset(replicas: i32) -> Answer {
+    statefulset_at(replicas, "demo-r1")
+}
+
+/// A StatefulSet of `replicas` pods whose pods should be at `update_revision`.
+fn statefulset_at(replicas: i32, update_revision: &str) -> Answer {
     Answer::Json(json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": "demo", "namespace": "ns"},
@@ -338,7 +343,7 @@ fn statefulset(replicas: i32) -> Answer {
             "template": {"metadata": {}, "spec": {"containers": []}},
             "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "1Gi"}}}}]
         },
-        "status": {"replicas": replicas, "updateRevision": "demo-r1"}
+        "status": {"replicas": replicas, "updateRevision": update_revision}
     }))
 }
 
@@ -695,4 +700,66 @@ async fn backoff_doubles_up_to_the_cap() {
         .collect();
     assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
     assert_eq!(ctx.next_backoff("ns/other").as_secs(), 1, "per object");
+}
+
+#[tokio::test]
+async fn image_change_deletes_one_follower_pod() {
+    // Every pod is at demo-r1 and the StatefulSet's update revision is demo-r2: the highest
+    // follower goes first, with an Event; nothing else is deleted.
+    let pods = vec![
+        pod(0, Some("leader")),
+        pod(1, Some("follower")),
+        pod(2, Some("follower")),
+    ];
+    let (ctx, handle) = context(healthy_nodes(3, 0, 2));
+    let mut expected = vec![
+        get_statefulset(statefulset_at(3, "demo-r2"), 200),
+        list_pods(pods),
+    ];
+    expected.extend(apply_owned());
+    expected.push(Expect {
+        method: "DELETE",
+        uri: "/api/v1/namespaces/ns/pods/demo-2?".into(),
+        code: 200,
+        answer: Answer::Json(pod(2, Some("follower"))),
+    });
+    expected.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, expected));
+    reconcile(Arc::new(kvc(3, initialized())), ctx)
+        .await
+        .expect("reconciles");
+    let bodies = server.await.expect("verifier");
+    assert_eq!(bodies[9]["reason"], "DeletePod");
+    assert_eq!(bodies[9]["note"], "replacing demo-2 with the new revision");
+    assert_eq!(bodies[10]["status"]["phase"], "Upgrading");
+}
+
+#[tokio::test]
+async fn paused_applies_nothing_and_says_so() {
+    // Work to do (scale to 5, a new revision), but paused: only the status is written.
+    let pods = vec![
+        pod(0, Some("leader")),
+        pod(1, Some("follower")),
+        pod(2, Some("follower")),
+    ];
+    let (ctx, handle) = context(healthy_nodes(3, 0, 2));
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            get_statefulset(statefulset_at(3, "demo-r2"), 200),
+            list_pods(pods),
+            status_patch(),
+        ],
+    ));
+    let mut k = kvc(5, initialized());
+    k.spec.paused = true;
+    reconcile(Arc::new(k), ctx).await.expect("reconciles");
+    let bodies = server.await.expect("verifier");
+    let status = &bodies[2]["status"];
+    assert_eq!(status["phase"], "Paused");
+    assert_eq!(
+        status["currentAction"],
+        "paused: spec.paused is set, the operator changes nothing"
+    );
+    assert_eq!(condition(status, "Progressing")["reason"], "Paused");
 }
