@@ -1,7 +1,7 @@
 //! The controller against a mock API server (tower-test, in the manner of kube-rs/controller-rs's
 //! ApiServerVerifier) and fake nodes: each scenario asserts the exact requests one reconcile
 //! makes, in order, with their patch bodies, and answers them. A request that is missing, extra
-//! or different fails the test.
+//! or different fails the test, and so does one the chart's RBAC would refuse.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,9 @@ use raftkv_operator::metrics::Metrics;
 use raftkv_operator::nodes::{NodeApi, NodeError};
 use raftkv_proto::v1 as pb;
 use serde_json::{Value, json};
+
+#[path = "support/rbac.rs"]
+mod rbac;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -236,6 +239,13 @@ async fn serve(mut handle: Handle, expected: Vec<Expect>) -> Vec<Value> {
             (request.method().as_str(), request.uri().to_string()),
             (e.method, e.uri.clone()),
             "request {i}"
+        );
+        // The chart's RBAC must allow it (tests/rbac.rs checks the chart against the same list).
+        assert!(
+            rbac::allowed(rbac::MANAGED, e.method, &e.uri),
+            "request {i} ({} {}) is not in the declared permissions",
+            e.method,
+            e.uri
         );
         let bytes = request
             .into_body()
