@@ -1,6 +1,7 @@
 //! The committed CRD is `crdgen`'s output, and it is a structural schema the API server accepts
 //! (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#specifying-a-structural-schema),
-//! with a description on every field, so that `kubectl explain kvc.spec` explains everything.
+//! with a description on every field, so that `kubectl explain kvc.spec` explains everything, and
+//! whose CEL rules do what their messages say (evaluated offline by kube-cel).
 
 use std::path::PathBuf;
 
@@ -188,5 +189,80 @@ fn crd_has_scale_status_short_name_columns_and_bounds() {
     assert!(
         rules.contains(&"storage size cannot shrink".to_string()),
         "{rules:?}"
+    );
+}
+
+/// The CRD's CEL rules, evaluated offline as the API server does (defaults applied first; rules
+/// with `oldSelf` only on updates). Returns the failed rules' messages.
+fn cel(object: &Value, old: Option<&Value>) -> Vec<String> {
+    match kube_cel::validate(&schema(), object, old) {
+        Ok(()) => vec![],
+        Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+    }
+}
+
+fn example() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kvcluster.yaml");
+    let text = std::fs::read_to_string(path).expect("examples/kvcluster.yaml");
+    serde_yaml_ng::from_str(&text).expect("the example is YAML")
+}
+
+fn with(base: &Value, pointer: &str, value: Value) -> Value {
+    let mut v = base.clone();
+    *v.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("{pointer} in the example")) = value;
+    v
+}
+
+#[test]
+fn cel_rules_accept_the_example_and_growth() {
+    let ex = example();
+    assert_eq!(cel(&ex, None), Vec::<String>::new());
+    assert_eq!(cel(&ex, Some(&ex)), Vec::<String>::new());
+    let grown = with(&ex, "/spec/storage/size", "2Gi".into());
+    assert_eq!(cel(&grown, Some(&ex)), Vec::<String>::new());
+    // A bare manifest (every default applied by the API server) passes too.
+    let minimal = serde_json::json!({
+        "apiVersion": "raftkv.dev/v1alpha1", "kind": "KvCluster", "metadata": {"name": "m"},
+        "spec": {"image": "raftkv/kvnode:0.1.0", "storage": {"size": "1Gi"}}
+    });
+    assert_eq!(cel(&minimal, None), Vec::<String>::new());
+}
+
+#[test]
+fn cel_rules_reject_shrinking_zero_size_class_changes_and_slow_elections() {
+    let ex = example();
+    let shrunk = with(&ex, "/spec/storage/size", "512Mi".into());
+    assert_eq!(cel(&shrunk, Some(&ex)), ["storage size cannot shrink"]);
+    // The same value written differently is not a change.
+    let same = with(&ex, "/spec/storage/size", "1024Mi".into());
+    assert_eq!(cel(&same, Some(&ex)), Vec::<String>::new());
+    let zero = with(&ex, "/spec/storage/size", "0".into());
+    assert_eq!(cel(&zero, None), ["storage size must be greater than zero"]);
+
+    let classed = with(
+        &ex,
+        "/spec/storage",
+        serde_json::json!({"size": "1Gi", "storageClassName": "fast"}),
+    );
+    assert_eq!(
+        cel(&classed, Some(&ex)),
+        ["storageClassName cannot change after creation"]
+    );
+    let reclassed = with(&classed, "/spec/storage/storageClassName", "slow".into());
+    assert_eq!(
+        cel(&reclassed, Some(&classed)),
+        ["storageClassName cannot change after creation"]
+    );
+    assert_eq!(cel(&classed, Some(&classed)), Vec::<String>::new());
+
+    let slow = with(
+        &ex,
+        "/spec/tuning",
+        serde_json::json!({"tickMillis": 1000, "electionTicks": 100, "snapshotEntries": 10000}),
+    );
+    assert_eq!(
+        cel(&slow, None),
+        ["the election timeout (tickMillis * electionTicks) must be at most 60 seconds"]
     );
 }
