@@ -110,8 +110,9 @@ log "delete and uninstall"
 k delete kvc demo --wait=true --timeout="$timeout"
 wait_gone pods -l "$selector"
 helm uninstall raftkv --namespace raftkv-system --wait
-left=$(k get statefulsets,services,pods,poddisruptionbudgets,networkpolicies -o name)
-test -z "$left" || { echo "left behind: $left" >&2; exit 1; }
+# The garbage collector removes the owned objects after the KvCluster; give it the usual time.
+wait_gone statefulsets,services,pods,poddisruptionbudgets,networkpolicies
+# (Helm never deletes CRDs on uninstall: kvclusters.raftkv.dev stays, by Helm's design.)
 # whenDeleted: Retain keeps the three members' claims; whenScaled: Delete removed demo-3's and demo-4's.
 claims=$(k get pvc -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | sort | tr '\n' ' ')
 test "$claims" = "data-demo-0 data-demo-1 data-demo-2 " || { echo "unexpected claims: $claims" >&2; exit 1; }
