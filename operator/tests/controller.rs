@@ -773,3 +773,51 @@ async fn paused_applies_nothing_and_says_so() {
     );
     assert_eq!(condition(status, "Progressing")["reason"], "Paused");
 }
+
+#[tokio::test]
+async fn time_with_a_wrong_leader_label_is_measured() {
+    // First pass: demo-1 leads but demo-0 has the label (misrouted from now on); second pass:
+    // the labels are right again, and the time in between is counted.
+    let wrong = vec![
+        pod(0, Some("leader")),
+        pod(1, Some("follower")),
+        pod(2, Some("follower")),
+    ];
+    let right = vec![
+        pod(0, Some("follower")),
+        pod(1, Some("leader")),
+        pod(2, Some("follower")),
+    ];
+    let (ctx, handle) = context(healthy_nodes(3, 1, 3));
+    let mut expected = vec![
+        get_statefulset(statefulset(3), 200),
+        list_pods(wrong),
+        label_patch("demo-0", 200),
+        label_patch("demo-1", 200),
+    ];
+    expected.extend(apply_owned());
+    expected.push(status_patch());
+    expected.extend([get_statefulset(statefulset(3), 200), list_pods(right)]);
+    expected.extend(apply_owned());
+    expected.push(status_patch());
+    let server = tokio::spawn(serve(handle, expected));
+    let metric = |ctx: &Context<FakeNodes>| {
+        ctx.metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("raftkv_operator_leader_service_misrouted_seconds_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("the misrouting counter")
+    };
+    reconcile(Arc::new(kvc(3, initialized())), ctx.clone())
+        .await
+        .expect("first pass");
+    assert_eq!(metric(&ctx), 0.0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    reconcile(Arc::new(kvc(3, initialized())), ctx.clone())
+        .await
+        .expect("second pass");
+    server.await.expect("verifier");
+    let seconds = metric(&ctx);
+    assert!((0.05..10.0).contains(&seconds), "{seconds}");
+}
