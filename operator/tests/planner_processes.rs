@@ -3,7 +3,9 @@
 //! planner's request, each with its own data directory and fixed ports), the nodes are asked
 //! through the same [`GrpcNodes`] the controller uses, and a writer runs throughout.
 //!
-//! Checked: while a leader exists, a quorum of voters never stays unhealthy; every pod
+//! Checked: while a leader exists, a quorum of voters never stays unhealthy; the history of
+//! concurrent reads and writes on short-lived keys is linearizable (todc-utils' WGL checker, per
+//! key); every pod
 //! is replaced with the leader last (a pod is never stopped while it leads),
 //! the cluster shrinks 5 -> 3 with the leader moved off the highest ordinal first, and no
 //! acknowledged write is lost. Growing the cluster needs the nodes to report
@@ -12,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,8 @@ use raftkv_operator::planner::{
     Action, Health, NodeRole, Observed, ObservedPod, ObservedStatefulSet, Plan, plan, settle_ms,
 };
 use tempfile::TempDir;
+use todc_utils::specifications::register::{RegisterOperation, RegisterSpecification};
+use todc_utils::{Action as TodcAction, History, WGLChecker};
 use tokio::net::TcpListener;
 
 /// The nodes' Raft timing: 30 ms ticks, elections after 10 to 20 ticks.
@@ -306,6 +310,141 @@ async fn converge(
     }
 }
 
+/// One completed (or open) operation on a key: a write of a unique value, or a read of the
+/// value found (0 = absent). `responded` is None when a write's outcome is unknown: it stays
+/// open for ever, as Jepsen's `info` operations do.
+#[derive(Clone, Debug)]
+struct Op {
+    key: String,
+    invoked: u64,
+    responded: Option<u64>,
+    op: RegisterOperation<u64>,
+}
+
+/// Concurrent clients reading and writing a few keys that change every two seconds (short
+/// per-key histories keep the exponential search cheap), recording every operation.
+async fn history_worker(
+    worker: u64,
+    endpoints: Vec<String>,
+    clock: Arc<AtomicU64>,
+    values: Arc<AtomicU64>,
+    ops: Arc<Mutex<Vec<Op>>>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) {
+    let client = Client::connect(endpoints, ClientOptions::default())
+        .await
+        .expect("client");
+    // A small deterministic generator per worker: which key, read or write.
+    let mut x = worker.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while !stop.load(Ordering::Relaxed) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let key = format!("lin-{}-{}", started.elapsed().as_secs() / 2, x % 3);
+        let invoked = clock.fetch_add(1, Ordering::SeqCst);
+        let record = if (x >> 8) & 1 == 0 {
+            let value = values.fetch_add(1, Ordering::SeqCst);
+            let result = client.put(key.clone(), value.to_string()).await;
+            Some(Op {
+                key,
+                invoked,
+                // A failed write may still have been applied: it stays open.
+                responded: result.ok().map(|_| clock.fetch_add(1, Ordering::SeqCst)),
+                op: RegisterOperation::Write(value),
+            })
+        } else {
+            match client
+                .get(key.clone(), raftkv_client::Consistency::Linearizable)
+                .await
+            {
+                Ok(found) => {
+                    let value = found
+                        .map(|v| {
+                            std::str::from_utf8(&v.value)
+                                .ok()
+                                .and_then(|s| s.parse().ok())
+                                .expect("values are numbers")
+                        })
+                        .unwrap_or(0);
+                    Some(Op {
+                        key,
+                        invoked,
+                        responded: Some(clock.fetch_add(1, Ordering::SeqCst)),
+                        op: RegisterOperation::Read(Some(value)),
+                    })
+                }
+                // A failed read changed nothing: it is left out.
+                Err(_) => None,
+            }
+        };
+        if let Some(op) = record {
+            ops.lock().unwrap_or_else(|e| e.into_inner()).push(op);
+        }
+    }
+}
+
+/// Checks every key's history; returns the keys whose history is not linearizable.
+fn non_linearizable_keys(ops: &[Op]) -> Vec<String> {
+    let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in ops {
+        by_key.entry(&op.key).or_default().push(op);
+    }
+    let mut bad = vec![];
+    for (key, ops) in by_key {
+        // Each operation is its own process, so calls and responses pair unambiguously; open
+        // operations respond after everything else.
+        let mut events: Vec<(u64, usize, TodcAction<RegisterOperation<u64>>)> = vec![];
+        for (process, op) in ops.iter().enumerate() {
+            events.push((op.invoked, process, TodcAction::Call(op.op)));
+            let at = op
+                .responded
+                .unwrap_or(u64::MAX - ops.len() as u64 + process as u64);
+            events.push((at, process, TodcAction::Response(op.op)));
+        }
+        events.sort_by_key(|(at, _, _)| *at);
+        let history = History::from_actions(events.into_iter().map(|(_, p, a)| (p, a)).collect());
+        if !WGLChecker::<RegisterSpecification<u64>>::is_linearizable(history) {
+            bad.push(key.to_string());
+        }
+    }
+    bad
+}
+
+#[test]
+fn the_history_check_catches_a_stale_read() {
+    // It proves something only if it can fail: write 1 completes, then a read returns the
+    // initial value.
+    let op = |invoked, responded, op| Op {
+        key: "k".into(),
+        invoked,
+        responded: Some(responded),
+        op,
+    };
+    let stale = [
+        op(0, 1, RegisterOperation::Write(1)),
+        op(2, 3, RegisterOperation::Read(Some(0))),
+    ];
+    assert_eq!(non_linearizable_keys(&stale), ["k"]);
+    let fine = [
+        op(0, 1, RegisterOperation::Write(1)),
+        op(2, 3, RegisterOperation::Read(Some(1))),
+    ];
+    assert!(non_linearizable_keys(&fine).is_empty());
+    // An open write may take effect at any time after its call.
+    let open = [
+        Op {
+            key: "k".into(),
+            invoked: 0,
+            responded: None,
+            op: RegisterOperation::Write(2),
+        },
+        op(1, 2, RegisterOperation::Read(Some(0))),
+        op(3, 4, RegisterOperation::Read(Some(2))),
+    ];
+    assert!(non_linearizable_keys(&open).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaces_every_pod_leader_last_and_shrinks_5_to_3_under_writes() {
     let started = Instant::now();
@@ -342,6 +481,23 @@ async fn replaces_every_pod_leader_last_and_shrinks_5_to_3_under_writes() {
             failed
         })
     };
+
+    let clock = Arc::new(AtomicU64::new(0));
+    let values = Arc::new(AtomicU64::new(1));
+    let ops = Arc::new(Mutex::new(Vec::<Op>::new()));
+    let workers: Vec<_> = (1..=3)
+        .map(|w| {
+            tokio::spawn(history_worker(
+                w,
+                set.client_addrs(),
+                clock.clone(),
+                values.clone(),
+                ops.clone(),
+                stop.clone(),
+                started,
+            ))
+        })
+        .collect();
 
     // An image change: every pod replaced, followers first, the leader last after a transfer.
     let leader_before = plan(&set.observe(&nodes, 5).await)
@@ -405,6 +561,20 @@ async fn replaces_every_pod_leader_last_and_shrinks_5_to_3_under_writes() {
 
     stop.store(true, Ordering::Relaxed);
     let failed = writer.await.expect("writer");
+    for w in workers {
+        w.await.expect("history worker");
+    }
+    let ops = ops.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let keys: std::collections::BTreeSet<&str> = ops.iter().map(|o| o.key.as_str()).collect();
+    let open = ops.iter().filter(|o| o.responded.is_none()).count();
+    let bad = non_linearizable_keys(&ops);
+    assert!(bad.is_empty(), "not linearizable: {bad:?}");
+    println!(
+        "{:>6.2}s history: {} operations on {} keys ({open} with unknown outcome), linearizable",
+        started.elapsed().as_secs_f64(),
+        ops.len(),
+        keys.len()
+    );
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert!(!acked.is_empty());
     // Every acknowledged write is there (linearizable reads through the leader).
