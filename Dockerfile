@@ -8,8 +8,8 @@
 #   node-host  the same runtime stage (`node-base`) with kvnode + kvctl compiled on the host and
 #              handed in as an image (--build-arg HOST_BINARIES=<image>, see
 #              scripts/build-image.sh). For machines that cannot pull the Rust image.
-#   operator   (to come with the operator crate: `FROM ${RUNTIME_BASE} AS operator` at the end,
-#              copying kv-operator from `builder`.)
+#   operator       kv-operator, compiled from source in the `builder` stage.
+#   operator-host  the same with kv-operator compiled on the host (like node-host).
 #
 # Stage order matters. Docker's classic builder (no BuildKit) builds every stage up to the
 # requested target, in file order. So every stage that `node-host` needs comes first and pulls
@@ -54,6 +54,17 @@ CMD ["--help"]
 FROM node-base AS node-host
 COPY --from=host-binaries /usr/local/bin/ /usr/local/bin/
 
+# ---- operator-base / operator-host: the operator's runtime, and with a host-built binary -----
+FROM ${RUNTIME_BASE} AS operator-base
+USER 65532:65532
+# 8080: /metrics, /healthz, /readyz. The chart passes `run` and its flags as args.
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/kv-operator"]
+CMD ["--help"]
+
+FROM operator-base AS operator-host
+COPY --from=host-binaries /usr/local/bin/ /usr/local/bin/
+
 # ---- builder: compiles the workspace's binaries (needs the Rust image) ----------------------
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
@@ -64,10 +75,16 @@ COPY Cargo.toml Cargo.lock ./
 COPY proto proto
 COPY node node
 COPY client client
-RUN cargo build --release --locked --bin kvnode --bin kvctl \
- && mkdir -p /out \
- && cp target/release/kvnode target/release/kvctl /out/
+COPY operator operator
+RUN cargo build --release --locked --bin kvnode --bin kvctl --bin kv-operator \
+ && mkdir -p /out/node /out/operator \
+ && cp target/release/kvnode target/release/kvctl /out/node/ \
+ && cp target/release/kv-operator /out/operator/
 
 # ---- node: the runtime with binaries built from source --------------------------------------
 FROM node-base AS node
-COPY --from=builder /out/ /usr/local/bin/
+COPY --from=builder /out/node/ /usr/local/bin/
+
+# ---- operator: the operator's runtime with kv-operator built from source ---------------------
+FROM operator-base AS operator
+COPY --from=builder /out/operator/ /usr/local/bin/

@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is the one CI runs (through .ci/run) and the README shows.
-.PHONY: run build test lint fmt purity fault sim-replay bench-storage image container-e2e
+.PHONY: run build test lint fmt purity fault sim-replay bench-storage image container-e2e crd chart e2e-kind
 
 CARGO ?= cargo
 
@@ -40,13 +40,31 @@ fault:
 sim-replay:
 	SIM_SEED=$(SEED) $(CARGO) test -p raftkv-raft --test simulation -- --nocapture
 
-# The node image raftkv/kvnode:dev (IMAGE=... to rename): from source where the Rust image can be
-# pulled, else from release binaries built here on a base made offline. Says which path it took
-# and prints the image's size.
+# The images raftkv/kvnode:dev and raftkv/kv-operator:dev (IMAGE=..., OPERATOR_IMAGE=...): from
+# source where the Rust image can be pulled, else from release binaries built here on a base made
+# offline. Says which path it took and prints each image's size.
 IMAGE ?= raftkv/kvnode:dev
+OPERATOR_IMAGE ?= raftkv/kv-operator:dev
 image:
 	scripts/build-image.sh --tag $(IMAGE)
+	scripts/build-image.sh --target operator --tag $(OPERATOR_IMAGE)
 
 # The container end-to-end test alone (3 kvnode containers under faults; needs a Docker engine).
 container-e2e:
 	$(CARGO) test -p raftkv-node --test container_e2e -- --nocapture
+
+# The operator's CRD, generated from operator/src/crd.rs (a test fails when the committed one is stale).
+crd:
+	$(CARGO) run -q -p raftkv-operator --bin crdgen > charts/raftkv/crds/kvclusters.raftkv.dev.yaml
+
+# Chart checks: helm lint, kubernetes-validate of the chart and of `kv-operator render`, example
+# KvClusters against the CRD schema, the e2e workflow's schema. Installs helm into .tools/ and the
+# validators into .venv/ when missing.
+chart:
+	scripts/install-helm.sh
+	test -x .venv/bin/check-jsonschema || (python3 -m venv .venv && .venv/bin/pip install -q kubernetes-validate check-jsonschema)
+	scripts/check-chart.sh
+
+# The kind end-to-end test (needs docker, kind, kubectl, helm; not runnable on this project's machines).
+e2e-kind:
+	scripts/e2e-kind.sh

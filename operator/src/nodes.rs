@@ -1,0 +1,148 @@
+//! The operator's side of the nodes' `Cluster` API: one pod's own status, and the membership and
+//! leadership changes the planner asks for.
+//!
+//! [`NodeApi`] is a trait so that the controller's tests answer for the nodes without any process,
+//! and so that a process-backed adapter can drive the same act layer; [`GrpcNodes`] is the real
+//! thing. Every call has a short timeout: one hung pod must not stall a reconcile.
+
+use std::future::Future;
+use std::time::Duration;
+
+use raftkv_client::{Client, ClientOptions};
+use raftkv_proto::v1::{StatusRequest, StatusResponse, cluster_client::ClusterClient};
+use tonic::transport::Endpoint;
+
+/// Why a node call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The address is not a valid endpoint.
+    #[error("bad node address {0}: {1}")]
+    Address(String, String),
+    /// No connection or no answer in time.
+    #[error("node {0} unreachable: {1}")]
+    Unreachable(String, String),
+    /// The node answered with an error.
+    #[error("node {0} answered {1}")]
+    Rpc(String, String),
+    /// A membership or leadership change failed.
+    #[error("{0}")]
+    Change(String),
+}
+
+/// What the operator asks of the nodes.
+pub trait NodeApi: Send + Sync + 'static {
+    /// `Cluster.Status` of the node at `addr` (`host:port`): its own view.
+    fn status(&self, addr: &str) -> impl Future<Output = Result<StatusResponse, NodeError>> + Send;
+
+    /// `Cluster.AddMember`: `node_id` as a learner, sent to any of `endpoints` (redirects to the
+    /// leader are followed).
+    fn add_member(
+        &self,
+        endpoints: Vec<String>,
+        node_id: u64,
+        peer_addr: String,
+        client_addr: String,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send;
+
+    /// `Cluster.RemoveMember`; returns once the removal is committed.
+    fn remove_member(
+        &self,
+        endpoints: Vec<String>,
+        node_id: u64,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send;
+
+    /// `Cluster.TransferLeader` to the most caught-up follower; returns the new leader's id.
+    fn transfer_leader(
+        &self,
+        endpoints: Vec<String>,
+    ) -> impl Future<Output = Result<u64, NodeError>> + Send;
+}
+
+/// [`NodeApi`] over gRPC.
+#[derive(Clone, Debug)]
+pub struct GrpcNodes {
+    /// The budget of one status call (connect included).
+    pub status_timeout: Duration,
+    /// The budget of one membership or leadership change, redirects and retries included.
+    pub change_timeout: Duration,
+}
+
+impl Default for GrpcNodes {
+    fn default() -> Self {
+        GrpcNodes {
+            status_timeout: Duration::from_secs(2),
+            change_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl GrpcNodes {
+    fn client(&self, endpoints: Vec<String>) -> impl Future<Output = Result<Client, NodeError>> {
+        let options = ClientOptions {
+            timeout: self.change_timeout,
+            ..ClientOptions::default()
+        };
+        async move {
+            Client::connect(endpoints, options)
+                .await
+                .map_err(|e| NodeError::Change(e.to_string()))
+        }
+    }
+}
+
+impl NodeApi for GrpcNodes {
+    async fn status(&self, addr: &str) -> Result<StatusResponse, NodeError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| NodeError::Address(addr.into(), e.to_string()))?
+            .connect_timeout(self.status_timeout)
+            .timeout(self.status_timeout);
+        let call = async {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| NodeError::Unreachable(addr.into(), e.to_string()))?;
+            ClusterClient::new(channel)
+                .status(StatusRequest {})
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| {
+                    NodeError::Rpc(addr.into(), format!("{:?}: {}", s.code(), s.message()))
+                })
+        };
+        tokio::time::timeout(self.status_timeout, call)
+            .await
+            .map_err(|_| NodeError::Unreachable(addr.into(), "timed out".into()))?
+    }
+
+    async fn add_member(
+        &self,
+        endpoints: Vec<String>,
+        node_id: u64,
+        peer_addr: String,
+        client_addr: String,
+    ) -> Result<(), NodeError> {
+        self.client(endpoints)
+            .await?
+            .add_member(node_id, peer_addr, client_addr)
+            .await
+            .map(|_| ())
+            .map_err(|e| NodeError::Change(format!("add member {node_id}: {e}")))
+    }
+
+    async fn remove_member(&self, endpoints: Vec<String>, node_id: u64) -> Result<(), NodeError> {
+        self.client(endpoints)
+            .await?
+            .remove_member(node_id)
+            .await
+            .map(|_| ())
+            .map_err(|e| NodeError::Change(format!("remove member {node_id}: {e}")))
+    }
+
+    async fn transfer_leader(&self, endpoints: Vec<String>) -> Result<u64, NodeError> {
+        self.client(endpoints)
+            .await?
+            .transfer_leader(0)
+            .await
+            .map_err(|e| NodeError::Change(format!("transfer leadership: {e}")))
+    }
+}
