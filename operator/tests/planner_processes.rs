@@ -25,7 +25,8 @@ use raftkv_operator::crd::Phase;
 use raftkv_operator::nodes::{GrpcNodes, NodeApi};
 use raftkv_operator::observe::node_status;
 use raftkv_operator::planner::{
-    Action, Health, NodeRole, Observed, ObservedPod, ObservedStatefulSet, Plan, plan, settle_ms,
+    Action, Health, MemberState, NodeRole, Observed, ObservedPod, ObservedStatefulSet, Plan, plan,
+    settle_ms,
 };
 use tempfile::TempDir;
 use todc_utils::specifications::register::{RegisterOperation, RegisterSpecification};
@@ -61,9 +62,16 @@ struct FakeStatefulSet {
 
 impl FakeStatefulSet {
     async fn start(size: usize) -> Self {
-        // Bind every port first so that the initial peer map is complete.
+        Self::start_with_room(size, size).await
+    }
+
+    /// `size` pods running, and slots (ports, data directories) for up to `room` pods, so that
+    /// the set can grow: every pod's peer list names them all, as the headless Service's DNS
+    /// names would.
+    async fn start_with_room(size: usize, room: usize) -> Self {
+        // Bind every port first so that the peer map is complete.
         let mut listeners = vec![];
-        for _ in 0..size {
+        for _ in 0..room {
             let c = TcpListener::bind("127.0.0.1:0").await.expect("bind client");
             let p = TcpListener::bind("127.0.0.1:0").await.expect("bind peer");
             listeners.push((c, p));
@@ -94,8 +102,10 @@ impl FakeStatefulSet {
             });
         }
         // All at once: a fresh node bootstraps only once a quorum of the initial members answers.
+        // The slots beyond `size` keep their ports (rebound when they launch).
         let starting: Vec<_> = listeners
             .into_iter()
+            .take(size)
             .enumerate()
             .map(|(i, (c, p))| tokio::spawn(start_with_listeners(set.config(i), c, p)))
             .collect();
@@ -252,6 +262,19 @@ async fn act(
             set.stop(ordinal).await;
             set.launch(ordinal).await;
             format!("replaced {pod}")
+        }
+        Action::AddLearner { node_id, ordinal } => {
+            let slot = &set.slots[*ordinal as usize];
+            nodes
+                .add_member(
+                    endpoints,
+                    *node_id,
+                    slot.peer.to_string(),
+                    slot.client.to_string(),
+                )
+                .await
+                .expect("add member");
+            format!("added learner {node_id}")
         }
         other => panic!("unexpected action in this scenario: {other:?}"),
     }
@@ -461,26 +484,8 @@ async fn replaces_every_pod_leader_last_and_shrinks_5_to_3_under_writes() {
     );
 
     // A writer throughout: unique keys, acknowledged ones recorded.
-    let client = Client::connect(set.client_addrs(), ClientOptions::default())
-        .await
-        .expect("client");
-    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            let mut failed = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                match client.put(format!("k{i}"), format!("v{i}")).await {
-                    Ok(_) => acked.lock().unwrap_or_else(|e| e.into_inner()).push(i),
-                    Err(_) => failed += 1,
-                }
-            }
-            failed
-        })
-    };
+    let (acked, writer) = spawn_writer(&set, stop.clone()).await;
 
     let clock = Arc::new(AtomicU64::new(0));
     let values = Arc::new(AtomicU64::new(1));
@@ -575,9 +580,49 @@ async fn replaces_every_pod_leader_last_and_shrinks_5_to_3_under_writes() {
         ops.len(),
         keys.len()
     );
+    assert_acked_present(&set, &acked, failed, started).await;
+    for ordinal in 0..5 {
+        set.stop(ordinal).await;
+    }
+}
+
+/// A writer of unique keys `k<i>` = `v<i>` until `stop`; the acknowledged `i`s are recorded. The
+/// task returns how many writes failed or had an unknown outcome.
+async fn spawn_writer(
+    set: &FakeStatefulSet,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<u64>>>, tokio::task::JoinHandle<u64>) {
+    let client = Client::connect(set.client_addrs(), ClientOptions::default())
+        .await
+        .expect("client");
+    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let writer = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            let mut failed = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                match client.put(format!("k{i}"), format!("v{i}")).await {
+                    Ok(_) => acked.lock().unwrap_or_else(|e| e.into_inner()).push(i),
+                    Err(_) => failed += 1,
+                }
+            }
+            failed
+        })
+    };
+    (acked, writer)
+}
+
+/// Every acknowledged write of [`spawn_writer`] reads back (LINEARIZABLE, through the leader).
+async fn assert_acked_present(
+    set: &FakeStatefulSet,
+    acked: &Mutex<Vec<u64>>,
+    failed: u64,
+    started: Instant,
+) {
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert!(!acked.is_empty());
-    // Every acknowledged write is there (linearizable reads through the leader).
     let reader = Client::connect(set.client_addrs(), ClientOptions::default())
         .await
         .expect("client");
@@ -597,7 +642,107 @@ async fn replaces_every_pod_leader_last_and_shrinks_5_to_3_under_writes() {
         started.elapsed().as_secs_f64(),
         acked.len()
     );
+}
+
+/// Scale 3 -> 5 under a writer (each new pod reports it waits to be added, is added as a
+/// learner and promoted once caught up, one at a time), then a member comes back with an empty
+/// data directory (it rejoins and catches up before the cluster is Available again), then
+/// 5 -> 3. No acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn scales_3_to_5_replaces_a_lost_volume_and_shrinks_back_under_writes() {
+    let started = Instant::now();
+    let mut set = FakeStatefulSet::start_with_room(3, 5).await;
+    let nodes = GrpcNodes::default();
+    let mut log = vec![];
+    converge(&mut set, &nodes, 3, started, &mut log, |_, p| {
+        p.phase == Phase::Available
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (acked, writer) = spawn_writer(&set, stop.clone()).await;
+
+    converge(&mut set, &nodes, 5, started, &mut log, |o, p| {
+        p.phase == Phase::Available && o.statefulset.as_ref().is_some_and(|s| s.replicas == 5)
+    })
+    .await;
+    for (grow, add) in [
+        ("statefulset 3 -> 4", "added learner 4"),
+        ("statefulset 4 -> 5", "added learner 5"),
+    ] {
+        let g = log.iter().position(|l| l == grow).expect(grow);
+        let a = log.iter().position(|l| l == add).expect(add);
+        assert!(g < a, "{grow} before {add}: {log:?}");
+    }
+    let voters = wait_for_voters(&set, &nodes, 5).await;
+    println!(
+        "{:>6.2}s grown to 5 voters {voters:?}",
+        started.elapsed().as_secs_f64()
+    );
+
+    // A follower's volume is lost: the pod restarts empty under the same id.
+    let leader = plan(&set.observe(&nodes, 5).await)
+        .leader
+        .expect("a leader");
+    let victim = (0..5)
+        .find(|&o| o as u64 + 1 != leader.id)
+        .expect("a follower");
+    set.stop(victim).await;
+    let dir = set.slots[victim].dir.path().to_path_buf();
+    std::fs::remove_dir_all(&dir).expect("wipe");
+    std::fs::create_dir_all(&dir).expect("recreate");
+    set.launch(victim).await;
+    converge(&mut set, &nodes, 5, started, &mut log, |o, p| {
+        p.phase == Phase::Available
+            && o.pods.iter().any(|pod| {
+                pod.ordinal as usize == victim
+                    && pod
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s.member_state == MemberState::Voter)
+            })
+    })
+    .await;
+    println!(
+        "{:>6.2}s the wiped member {} rejoined and caught up",
+        started.elapsed().as_secs_f64(),
+        victim + 1
+    );
+
+    converge(&mut set, &nodes, 3, started, &mut log, |o, p| {
+        p.phase == Phase::Available && o.statefulset.as_ref().is_some_and(|s| s.replicas == 3)
+    })
+    .await;
+    println!("{:>6.2}s shrunk to 3", started.elapsed().as_secs_f64());
+    stop.store(true, Ordering::Relaxed);
+    let failed = writer.await.expect("writer");
+    assert_acked_present(&set, &acked, failed, started).await;
     for ordinal in 0..5 {
         set.stop(ordinal).await;
+    }
+}
+
+/// Waits until the leader reports `n` voters; returns them.
+async fn wait_for_voters(set: &FakeStatefulSet, nodes: &GrpcNodes, n: usize) -> Vec<u64> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let p = plan(&set.observe(nodes, n as i32).await);
+        if let Some(leader) = &p.leader {
+            let status = nodes
+                .status(&set.slots[leader.id as usize - 1].client.to_string())
+                .await;
+            if let Ok(s) = status {
+                let voters: Vec<u64> = s
+                    .members
+                    .iter()
+                    .filter(|m| m.role == raftkv_proto::v1::MemberRole::Voter as i32)
+                    .map(|m| m.id)
+                    .collect();
+                if voters.len() == n {
+                    return voters;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no {n} voters in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
