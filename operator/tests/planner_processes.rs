@@ -5,12 +5,11 @@
 //!
 //! Checked: while a leader exists, a quorum of voters never stays unhealthy; the history of
 //! concurrent reads and writes on short-lived keys is linearizable (todc-utils' WGL checker, per
-//! key); every pod
-//! is replaced with the leader last (a pod is never stopped while it leads),
-//! the cluster shrinks 5 -> 3 with the leader moved off the highest ordinal first, and no
-//! acknowledged write is lost. Growing the cluster needs the nodes to report
-//! `MEMBER_STATE_WAITING_TO_BE_ADDED`, which they do not yet (issue 8); it is covered by the
-//! planner's table and the controller's mock tests until then.
+//! key); every pod is replaced with the leader last (a pod is never stopped while it leads);
+//! the cluster grows 3 -> 5, each new pod added as a learner once it reports
+//! `MEMBER_STATE_WAITING_TO_BE_ADDED`; a member that comes back with an empty data directory
+//! rejoins and catches up before the cluster is Available again; the cluster shrinks 5 -> 3
+//! with each member removed before the StatefulSet shrinks; no acknowledged write is lost.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
