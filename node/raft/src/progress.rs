@@ -30,6 +30,9 @@ pub(crate) struct Progress {
     pub pending_snapshot: Index,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// Heard from in the check-quorum round before the current one. With `recent_active`: heard
+    /// from within the last one or two election timeouts, whatever the phase of the round.
+    pub active_last_round: bool,
     /// Highest heartbeat round the member has acknowledged.
     pub acked_round: u64,
     /// Last index of each append in flight, oldest first.
@@ -45,6 +48,7 @@ impl Progress {
             paused: false,
             pending_snapshot: 0,
             recent_active: false,
+            active_last_round: false,
             acked_round: 0,
             inflights: VecDeque::new(),
         }

@@ -35,7 +35,9 @@ pub struct PeerProgress {
     pub match_index: Index,
     /// Next index the leader will send.
     pub next_index: Index,
-    /// Whether the member answered since the last check-quorum round.
+    /// Whether the member answered within the current or the previous check-quorum round (an
+    /// election timeout each): a sample right after a round started does not report a healthy
+    /// member as silent.
     pub recent_active: bool,
     /// Whether the member is waiting for a snapshot.
     pub snapshot_pending: bool,
@@ -308,7 +310,7 @@ impl RawNode {
                         PeerProgress {
                             match_index: pr.matched,
                             next_index: pr.next,
-                            recent_active: pr.recent_active,
+                            recent_active: pr.recent_active || pr.active_last_round,
                             snapshot_pending: pr.state == ProgressState::Snapshot,
                             inflight: pr.inflight_count(),
                         },
@@ -472,6 +474,7 @@ impl RawNode {
         let conf = self.log.conf();
         let mut active = usize::from(conf.voters.contains(&self.id));
         for (id, pr) in self.progress.iter_mut() {
+            pr.active_last_round = pr.recent_active;
             if conf.voters.contains(id) && pr.recent_active {
                 active += 1;
             }

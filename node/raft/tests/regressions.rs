@@ -102,3 +102,25 @@ fn a_stale_response_does_not_end_a_followers_lease() {
     c.tick_all(12);
     c.check().expect("no lease violation");
 }
+
+/// `Status` reports a follower that answered within the last election timeout as active, also
+/// right after a check-quorum round started (which clears the round's own flag): operators and
+/// `kvctl status` sample it at any phase of the round.
+#[test]
+fn a_follower_heard_in_the_last_round_is_reported_active() {
+    let mut c = Cluster::with_voters(3);
+    assert!(c.elect(1));
+    c.deliver_all();
+    // One election timeout of ticks on the leader alone: a check-quorum round passes (it still
+    // counts the followers heard before) and a new one starts with nobody heard yet.
+    for _ in 0..10 {
+        c.tick(1);
+    }
+    let status = c.raw(1).status();
+    for id in [2, 3] {
+        assert!(
+            status.progress.get(&id).is_some_and(|p| p.recent_active),
+            "n{id} answered one election timeout ago but is reported inactive: {status:?}"
+        );
+    }
+}
