@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use docker::{
     DockerCluster, SERVICE, TestImage, docker_or_skip, run_prefix, sweep_stale, wait_for,
 };
-use fault::history::{CheckOptions, EventType, Func, Recorder};
-use fault::{Workload, final_state_check, read_back, recorded_keys, start_workload};
+use fault::history::{EventType, Func, Recorder};
+use fault::{Workload, check_history, final_state_check, read_back, recorded_keys, start_workload};
 use raftkv_client::{Client, ClientOptions, Consistency};
 use raftkv_proto::v1 as pb;
 
@@ -111,16 +111,8 @@ async fn container_cluster_under_faults() {
     }
     let finals = final_reads(&client, &recorder).await;
     check_one_cluster(&cluster, 3).await;
-    let history = recorder.history();
     let checking = Instant::now();
-    let (report, history) = tokio::task::spawn_blocking(move || {
-        let report = history
-            .check(&CheckOptions::default())
-            .expect("a well-formed history");
-        (report, history)
-    })
-    .await
-    .expect("the checker panicked");
+    let (report, history) = check_history(&recorder).await;
     let (lost, phantom) = final_state_check(&history, &finals);
     println!("{}", report.summary);
     println!(

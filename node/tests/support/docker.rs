@@ -663,22 +663,7 @@ impl DockerCluster {
     /// voters (itself included). A deposed leader that has not noticed yet does not count.
     pub async fn try_leader(&self) -> Option<u64> {
         let views: Vec<pb::StatusResponse> = self.statuses().await.into_values().collect();
-        let term = views.iter().map(|s| s.term).max()?;
-        let leader = views
-            .iter()
-            .find(|s| s.term == term && s.role() == pb::Role::Leader)?;
-        let voters: Vec<u64> = leader
-            .members
-            .iter()
-            .filter(|m| m.role() == pb::MemberRole::Voter)
-            .map(|m| m.id)
-            .collect();
-        let agree = views
-            .iter()
-            .filter(|s| s.term == term && s.leader_id == leader.node_id)
-            .filter(|s| voters.contains(&s.node_id))
-            .count();
-        (agree > voters.len() / 2).then_some(leader.node_id)
+        crate::fault::process::agreed_leader(&views)
     }
 
     /// Waits up to `timeout` for [`DockerCluster::try_leader`] to name a node other than

@@ -420,16 +420,7 @@ pub async fn run_seed(seed: u64, cfg: &RunConfig) -> RunResult {
     drop(cluster);
 
     let checking = Instant::now();
-    let history = recorder.history();
-    let report = tokio::task::spawn_blocking(move || {
-        let report = history
-            .check(&CheckOptions::default())
-            .expect("a well-formed history");
-        (report, history)
-    })
-    .await
-    .expect("the checker panicked");
-    let (report, history) = report;
+    let (report, history) = check_history(&recorder).await;
     let (lost, phantom) = final_state_check(&history, &finals);
     let check_time = checking.elapsed();
 
@@ -835,6 +826,20 @@ async fn inject(cluster: &mut Cluster, kind: FaultKind, target: u64, hold: Durat
 }
 
 // ----- the end -------------------------------------------------------------------------------
+
+/// Checks the recorded history for linearizability on the blocking pool; returns the report and
+/// the history (for the final-state check).
+pub async fn check_history(recorder: &Recorder) -> (Report, history::History) {
+    let history = recorder.history();
+    tokio::task::spawn_blocking(move || {
+        let report = history
+            .check(&CheckOptions::default())
+            .expect("a well-formed history");
+        (report, history)
+    })
+    .await
+    .expect("the checker panicked")
+}
 
 /// Every key the history names, in order, once.
 pub fn recorded_keys(recorder: &Recorder) -> Vec<String> {

@@ -997,22 +997,7 @@ impl Cluster {
     pub async fn try_leader(&self) -> Option<u64> {
         let views: Vec<pb::StatusResponse> =
             self.statuses().await.into_values().flatten().collect();
-        let term = views.iter().map(|s| s.term).max()?;
-        let leader = views
-            .iter()
-            .find(|s| s.term == term && s.role() == pb::Role::Leader)?;
-        let voters: Vec<u64> = leader
-            .members
-            .iter()
-            .filter(|m| m.role() == pb::MemberRole::Voter)
-            .map(|m| m.id)
-            .collect();
-        let agree = views
-            .iter()
-            .filter(|s| s.term == term && s.leader_id == leader.node_id)
-            .filter(|s| voters.contains(&s.node_id))
-            .count();
-        (agree > voters.len() / 2).then_some(leader.node_id)
+        agreed_leader(&views)
     }
 
     /// Waits (up to [`ClusterOptions::leader_timeout`]) for [`Cluster::try_leader`].
@@ -1311,6 +1296,28 @@ fn random_u64() -> u64 {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A test that panicked while holding a lock left consistent data (single updates).
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The leader a set of `Cluster.Status` answers agree on: a node that says it leads in the
+/// highest term any of them reports, named as leader in that term by a majority of its voters
+/// (itself included). A deposed leader that has not noticed yet does not count.
+pub fn agreed_leader(views: &[pb::StatusResponse]) -> Option<u64> {
+    let term = views.iter().map(|s| s.term).max()?;
+    let leader = views
+        .iter()
+        .find(|s| s.term == term && s.role() == pb::Role::Leader)?;
+    let voters: Vec<u64> = leader
+        .members
+        .iter()
+        .filter(|m| m.role() == pb::MemberRole::Voter)
+        .map(|m| m.id)
+        .collect();
+    let agree = views
+        .iter()
+        .filter(|s| s.term == term && s.leader_id == leader.node_id)
+        .filter(|s| voters.contains(&s.node_id))
+        .count();
+    (agree > voters.len() / 2).then_some(leader.node_id)
 }
 
 // ----- polling -------------------------------------------------------------------------------
