@@ -21,7 +21,10 @@
 //! The term floor is the highest current term among the answers: an answer set that holds a
 //! holder of every committed entry also holds, by the same count, a voter of every election the
 //! node may have voted in and that was won, so the node never votes twice in a term that
-//! elected a leader.
+//! elected a leader. What remains: an election still running when the node comes back, whose
+//! candidate got the node's lost vote and is not among the answers, could get a second vote from
+//! it for another candidate in that term. A restart lease for nodes with a barrier (no vote for
+//! an election timeout after start) would narrow that window; it is not built yet.
 
 use std::collections::BTreeSet;
 
