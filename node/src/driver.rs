@@ -51,7 +51,7 @@ use crate::members::{
     EntryKind, MemberAddrs, MemberBook, added_learner, encode_context, snapshot_header,
 };
 use crate::metrics::Metrics;
-use crate::storage::{SnapshotStore, StagedSnapshot, StorageHandle, WriteBatch};
+use crate::storage::{Callback, SnapshotStore, StagedSnapshot, StorageHandle, WriteBatch};
 use crate::transport::{Inbound, Transport};
 
 /// Most queued events handled before the next `Ready`: bounds the latency of one loop turn.
@@ -694,18 +694,10 @@ impl Driver {
             _ => batch,
         };
         if !batch.is_empty() {
-            let (tx, rx) = oneshot::channel();
             let started = Instant::now();
-            self.storage.submit(batch, move |r| {
-                let _ = tx.send(r);
-            });
-            let done = rx.await;
+            let done = storage_call("storage", |cb| self.storage.submit(batch, cb)).await;
             self.metrics.fsync_duration.observe(started.elapsed());
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(NodeError::Internal(format!("storage: {e}"))),
-                Err(_) => return Err(NodeError::Internal("storage thread is gone".into())),
-            }
+            done?;
         }
         if let (Some(meta), Some(loaded)) = (&rd.snapshot, restore_from) {
             self.restore_snapshot(meta, loaded);
@@ -944,26 +936,12 @@ impl Driver {
             // Superseded; the staged file is deleted when dropped.
             return Ok(());
         }
-        let (tx, rx) = oneshot::channel();
-        self.storage.submit(
-            WriteBatch {
-                snapshot: Some(staged),
-                ..Default::default()
-            },
-            move |r| {
-                let _ = tx.send(r);
-            },
-        );
-        rx.await
-            .map_err(|_| NodeError::Internal("storage thread is gone".into()))?
-            .map_err(|e| NodeError::Internal(format!("install snapshot: {e}")))?;
-        let (tx, rx) = oneshot::channel();
-        self.storage.compact(index, move |r| {
-            let _ = tx.send(r);
-        });
-        rx.await
-            .map_err(|_| NodeError::Internal("storage thread is gone".into()))?
-            .map_err(|e| NodeError::Internal(format!("compact: {e}")))?;
+        let install = WriteBatch {
+            snapshot: Some(staged),
+            ..Default::default()
+        };
+        storage_call("install snapshot", |cb| self.storage.submit(install, cb)).await?;
+        storage_call("compact", |cb| self.storage.compact(index, cb)).await?;
         self.raw
             .compact(index)
             .map_err(|e| NodeError::Internal(format!("compact core: {e}")))?;
@@ -1151,6 +1129,18 @@ async fn load_staged(staged: &StagedSnapshot) -> Result<(MemberBook, KvStateMach
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
         .map_err(|e| NodeError::Internal(format!("snapshot {index}: {e}")))
+}
+
+/// Starts one storage-thread operation with `start` (handed the completion callback) and waits
+/// for it; `what` names the operation in the error.
+async fn storage_call(what: &str, start: impl FnOnce(Callback)) -> Result<(), NodeError> {
+    let (tx, rx) = oneshot::channel();
+    start(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.await
+        .map_err(|_| NodeError::Internal("storage thread is gone".into()))?
+        .map_err(|e| NodeError::Internal(format!("{what}: {e}")))
 }
 
 /// A lazily connected channel to a leader's peer port, for address publication.
