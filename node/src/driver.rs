@@ -71,8 +71,8 @@ pub struct DriverConfig {
     /// A deliberate bug to switch on (see [`crate::planted`]).
     #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<crate::planted::PlantedBug>,
-    /// Test hook (feature `planted-bugs`): hold start-up this long after the ports opened, as
-    /// if loading a large snapshot took that long.
+    /// Test hook (feature `planted-bugs`): a node with state on disk holds start-up this long
+    /// after its ports opened, as if loading a large snapshot took that long.
     #[cfg(feature = "planted-bugs")]
     pub slow_start: Option<Duration>,
 }

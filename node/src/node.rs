@@ -258,7 +258,10 @@ async fn start_in_span(
     let (obs_tx, obs_rx) = watch::channel(Observed::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let handle = NodeHandle::new(cfg.id, req_tx, started.clone());
-    handle.set_status_before_start(status_on_disk(cfg.id, &recovered, identity.as_ref()));
+    let before_start = status_on_disk(cfg.id, &recovered, identity.as_ref());
+    #[cfg(feature = "planted-bugs")]
+    let before_start = crate::planted::status_before_start(cfg.driver.planted_bug, before_start);
+    handle.set_status_before_start(before_start);
     let metrics = Metrics::new();
     let guards = PeerGuards::default();
     let spawned = spawn_servers(
@@ -288,8 +291,12 @@ async fn start_in_span(
     };
 
     #[cfg(feature = "planted-bugs")]
-    if let Some(delay) = cfg.driver.slow_start {
-        // Test hook: a node whose state takes long to load (a large snapshot).
+    if let Some(delay) = cfg.driver.slow_start
+        && (identity.is_some() || has_state(&recovered))
+    {
+        // Test hook: a node whose state takes long to load (a large snapshot). A node with an
+        // empty data directory has nothing to load: it decides at once, which is what lets a
+        // test catch it asking its peers while they load.
         tokio::time::sleep(delay).await;
     }
 

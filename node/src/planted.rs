@@ -21,14 +21,19 @@ pub enum PlantedBug {
     AckBeforeFsync,
     /// The session table does not de-duplicate: a retried (client_id, seq) is applied again.
     SessionNoDedup,
+    /// Until its driver runs, a node with state on disk answers `Cluster.Status` as a fresh node
+    /// would (no cluster id, term 0): a peer whose volume was lost counts it as fresh while it
+    /// loads and bootstraps a second cluster (the safety issue, item 1).
+    StatusFreshWhileLoading,
 }
 
 impl PlantedBug {
     /// Every planted bug of the node (the core's are in `raftkv_raft::planted::Bug::ALL`).
-    pub const NODE: [PlantedBug; 3] = [
+    pub const NODE: [PlantedBug; 4] = [
         PlantedBug::StaleRead,
         PlantedBug::AckBeforeFsync,
         PlantedBug::SessionNoDedup,
+        PlantedBug::StatusFreshWhileLoading,
     ];
 
     /// The name on the command line.
@@ -38,7 +43,24 @@ impl PlantedBug {
             PlantedBug::StaleRead => "stale-read",
             PlantedBug::AckBeforeFsync => "ack-before-fsync",
             PlantedBug::SessionNoDedup => "session-no-dedup",
+            PlantedBug::StatusFreshWhileLoading => "status-fresh-while-loading",
         }
+    }
+}
+
+/// What `Cluster.Status` answers before the driver runs: under `status-fresh-while-loading`, what
+/// a node with an empty data directory would answer, whatever is on disk.
+pub(crate) fn status_before_start(
+    bug: Option<PlantedBug>,
+    on_disk: crate::handle::NodeStatus,
+) -> crate::handle::NodeStatus {
+    if bug != Some(PlantedBug::StatusFreshWhileLoading) {
+        return on_disk;
+    }
+    crate::handle::NodeStatus {
+        node_id: on_disk.node_id,
+        member_state: crate::handle::MemberState::Fresh,
+        ..Default::default()
     }
 }
 

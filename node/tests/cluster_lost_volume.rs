@@ -24,10 +24,73 @@ const SLOW: Duration = Duration::from_secs(30);
 /// cluster at term 1, and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn all_restart_at_once_with_one_volume_lost_while_peers_load() {
+    let (mut cluster, history, victim, restarted_at) = restart_all_with_one_wiped(vec![]).await;
+    for id in cluster.ids() {
+        cluster.wait_node_started(id).await;
+    }
+    let leader = cluster.leader().await;
+    let log = cluster.log_of_current_start(victim);
+    assert!(
+        !log.contains(BOOTSTRAPPED),
+        "the wiped node bootstrapped a second cluster while its peers were loading:\n{log}"
+    );
+    assert!(
+        log.contains(JOINED),
+        "the wiped node did not join the running cluster:\n{log}"
+    );
+    let counts = history.verify(&cluster.client().await).await;
+    let caught_up = cluster.wait_caught_up(victim, SLOW).await;
+    cluster.assert_replica_matches(victim, &history, SLOW).await;
+    println!(
+        "all restarted at once, node {victim} wiped: leader {leader} after {:.2?}; the wiped \
+         node caught up {caught_up:.2?} later; {counts:?}",
+        restarted_at.elapsed() - caught_up
+    );
+}
+
+/// The same restart with planted bug `status-fresh-while-loading` (loading nodes answer Status as
+/// fresh ones, as before the fix): the wiped node must be seen bootstrapping a second cluster,
+/// which proves the scenario above reaches the window it guards.
+#[tokio::test(flavor = "multi_thread")]
+async fn planted_status_fresh_while_loading_is_caught() {
+    let planted = vec!["--planted-bug".into(), "status-fresh-while-loading".into()];
+    let (cluster, _history, victim, _) = restart_all_with_one_wiped(planted).await;
+    let log = wait_for(
+        "the wiped node to decide between bootstrapping and joining",
+        SLOW,
+        async || {
+            let log = cluster.log_of_current_start(victim);
+            (log.contains(BOOTSTRAPPED) || log.contains(JOINED)).then_some(log)
+        },
+    )
+    .await;
+    assert!(
+        log.contains(BOOTSTRAPPED),
+        "planted bug status-fresh-while-loading was not caught: the wiped node joined the \
+         running cluster although its loading peers answered as fresh nodes:\n{log}"
+    );
+    println!(
+        "planted bug status-fresh-while-loading caught: the wiped node {victim} bootstrapped a second cluster"
+    );
+}
+
+/// What the wiped node logs when it bootstraps a new cluster, and when it joins a running one.
+const BOOTSTRAPPED: &str = "bootstrapped a new cluster";
+const JOINED: &str = "found a running cluster";
+
+/// Starts 3 members that snapshot often, writes, kills all of them, wipes one member's volume and
+/// relaunches every member at once, each holding start-up 3 s after its ports opened (as loading
+/// a large snapshot would). Returns the cluster, the writes made before, the wiped member and when
+/// the relaunch began.
+async fn restart_all_with_one_wiped(
+    extra_args: Vec<String>,
+) -> (Cluster, process::History, u64, Instant) {
+    let mut args = vec!["--test-slow-start".into(), "3s".into()];
+    args.extend(extra_args);
     let opts = ClusterOptions {
         // Snapshots along the way, so that the restarted nodes load one.
         snapshot_entries: 40,
-        extra_args: vec!["--test-slow-start".into(), "3s".into()],
+        extra_args: args,
         ..ClusterOptions::default()
     };
     let mut cluster = Cluster::start_with(3, opts).await;
@@ -42,27 +105,7 @@ async fn all_restart_at_once_with_one_volume_lost_while_peers_load() {
     for id in cluster.ids() {
         cluster.launch(id);
     }
-    for id in cluster.ids() {
-        cluster.wait_node_started(id).await;
-    }
-    let leader = cluster.leader().await;
-    let log = cluster.log_of_current_start(victim);
-    assert!(
-        !log.contains("bootstrapped a new cluster"),
-        "the wiped node bootstrapped a second cluster while its peers were loading:\n{log}"
-    );
-    assert!(
-        log.contains("found a running cluster"),
-        "the wiped node did not join the running cluster:\n{log}"
-    );
-    let counts = history.verify(&cluster.client().await).await;
-    let caught_up = cluster.wait_caught_up(victim, SLOW).await;
-    cluster.assert_replica_matches(victim, &history, SLOW).await;
-    println!(
-        "all restarted at once, node {victim} wiped: leader {leader} after {:.2?}; the wiped \
-         node caught up {caught_up:.2?} later; {counts:?}",
-        restarted_at.elapsed() - caught_up
-    );
+    (cluster, history, victim, restarted_at)
 }
 
 /// Writes commit on {A, B} while C is down; B loses its volume; A stops. B and C must not elect a

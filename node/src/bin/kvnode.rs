@@ -103,7 +103,7 @@ struct Args {
     #[arg(long, hide = true)]
     planted_bug: Option<raftkv_node::planted::PlantedBug>,
 
-    /// Test hook: hold start-up this long after the ports opened (as if loading a large
+    /// Test hook: with state on disk, hold start-up this long after the ports opened (as if loading a large
     /// snapshot took that long).
     #[cfg(feature = "planted-bugs")]
     #[arg(long, hide = true, value_parser = parse_duration)]
