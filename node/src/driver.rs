@@ -391,18 +391,10 @@ impl Driver {
                     );
                     return;
                 }
-                if msg.term >= self.raw.term() {
-                    self.received.insert((meta.index, meta.term), data);
-                }
-                // A stale leader's stream is not kept (the core answers it with our term).
+                let current_term = msg.term >= self.raw.term();
                 self.raw.step(msg);
-                // Keep the snapshot the core now wants to install and the newest one; a stale
-                // or superseded transfer's file is deleted when dropped. Never evict the one the
-                // core is installing: its Ready would find no data.
                 let wanted = self.raw.pending_snapshot().map(|m| (m.index, m.term));
-                let newest = self.received.last_key_value().map(|(k, _)| *k);
-                self.received
-                    .retain(|k, _| Some(*k) == wanted || Some(*k) == newest);
+                keep_received(&mut self.received, current_term.then_some(data), wanted);
             }
             Inbound::Unreachable(peer) => self.raw.report_unreachable(peer),
             Inbound::SnapshotStatus { peer, ok } => self.raw.report_snapshot(peer, ok),
@@ -1171,9 +1163,69 @@ async fn publish_via(
     Ok(())
 }
 
+/// Files a snapshot received from a leader (`data`: `None` when its stream came from a stale
+/// leader, whose message the core answers with our term), then keeps only the snapshot the core
+/// wants to install (`wanted`) and the newest one. A stale or superseded transfer's file is
+/// deleted when dropped; the one the core is installing is never evicted, or its `Ready` would
+/// find no data.
+fn keep_received<S: ReceivedSnapshot>(
+    received: &mut BTreeMap<(Index, Term), S>,
+    data: Option<S>,
+    wanted: Option<(Index, Term)>,
+) {
+    if let Some(data) = data {
+        received.insert(data.key(), data);
+    }
+    let newest = received.last_key_value().map(|(k, _)| *k);
+    received.retain(|k, _| Some(*k) == wanted || Some(*k) == newest);
+}
+
+/// What [`keep_received`] needs of a received snapshot: where it ends.
+trait ReceivedSnapshot {
+    fn key(&self) -> (Index, Term);
+}
+
+impl ReceivedSnapshot for StagedSnapshot {
+    fn key(&self) -> (Index, Term) {
+        (self.meta().index, self.meta().term)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl ReceivedSnapshot for (Index, Term) {
+        fn key(&self) -> (Index, Term) {
+            *self
+        }
+    }
+
+    #[test]
+    fn a_stale_or_older_stream_never_evicts_the_snapshot_being_installed() {
+        let mut received = BTreeMap::new();
+        // The core accepted 100@3 and will install it in its next Ready.
+        keep_received(&mut received, Some((100, 3)), Some((100, 3)));
+        assert_eq!(received.keys().copied().collect::<Vec<_>>(), [(100, 3)]);
+        // An older transfer of the same leader arrives late: dropped, 100@3 stays.
+        keep_received(&mut received, Some((50, 3)), Some((100, 3)));
+        assert_eq!(received.keys().copied().collect::<Vec<_>>(), [(100, 3)]);
+        // A stream from a deposed leader (lower term) is not filed at all.
+        keep_received(&mut received, None, Some((100, 3)));
+        assert_eq!(received.keys().copied().collect::<Vec<_>>(), [(100, 3)]);
+        // A newer one arrives while 100@3 is still wanted: both are kept.
+        keep_received(&mut received, Some((200, 4)), Some((100, 3)));
+        assert_eq!(
+            received.keys().copied().collect::<Vec<_>>(),
+            [(100, 3), (200, 4)]
+        );
+        // Once the core wants the newer one, the older goes.
+        keep_received(&mut received, None, Some((200, 4)));
+        assert_eq!(received.keys().copied().collect::<Vec<_>>(), [(200, 4)]);
+        // Nothing wanted: only the newest is kept for a message still to come.
+        keep_received(&mut received, Some((150, 4)), None);
+        assert_eq!(received.keys().copied().collect::<Vec<_>>(), [(200, 4)]);
+    }
 
     #[test]
     fn the_lease_is_bounded_by_the_shortest_guard_of_any_voter() {

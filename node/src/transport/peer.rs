@@ -308,3 +308,68 @@ async fn stream_snapshot(
     produced?;
     sent.map(drop).map_err(|s| s.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use raftkv_raft::MessageBody;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+    use tokio::time::timeout;
+
+    use super::*;
+
+    /// A member removed from the configuration gets no more traffic: forgetting the peer stops
+    /// its task, and with it the connection (the removed node sees its socket closed).
+    #[tokio::test]
+    async fn removing_a_peer_closes_its_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (feedback, _inbound) = mpsc::channel(16);
+        let mut transport = Transport::new(
+            "cluster".into(),
+            TransportConfig::default(),
+            feedback,
+            SnapshotStore::in_memory(),
+            Metrics::new(),
+        );
+        transport.set_peer(2, &addr.to_string());
+        transport.send(Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::AppendEntries {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![],
+                leader_commit: 0,
+            },
+        });
+        let (mut conn, _) = timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the transport connects within 10 s")
+            .expect("accept");
+        let mut buf = [0u8; 4096];
+        let n = timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("the transport sends within 10 s")
+            .expect("read");
+        assert!(n > 0, "the transport closed before sending anything");
+
+        transport.remove_peer(2);
+        let closed = timeout(Duration::from_secs(10), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the connection to a removed peer is still open 10 s after it was forgotten"
+        );
+    }
+}
