@@ -650,6 +650,12 @@ impl Driver {
         //    lease is timed from just before its heartbeats leave.
         let voters = self.raw.conf_state().voters.iter().copied();
         let lease = self.cfg.lease(self.guards.shortest(voters));
+        self.metrics
+            .set_read_lease(if self.raw.role() == Role::Leader {
+                lease
+            } else {
+                Duration::ZERO
+            });
         self.lease
             .on_ready(self.raw.term(), rd, Instant::now(), |sent| sent + lease);
         for m in std::mem::take(&mut rd.messages) {

@@ -13,7 +13,9 @@
 //! - `peer_messages_sent_total{peer}`, `peer_bytes_sent_total{peer}`,
 //!   `peer_send_failures_total{peer}`;
 //! - `rpc_errors_total{code}` (client API errors by gRPC code);
-//! - `snapshots_taken_total`, `snapshots_installed_total`, `snapshots_sent_total{result}`.
+//! - `snapshots_taken_total`, `snapshots_installed_total`, `snapshots_sent_total{result}`;
+//! - `read_lease_seconds` (on the leader: the lease it grants itself, bounded by the shortest
+//!   lease guard its voters report; 0 elsewhere).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -97,6 +99,7 @@ pub struct Metrics {
     snapshots_installed: AtomicU64,
     snapshots_sent_ok: AtomicU64,
     snapshots_sent_failed: AtomicU64,
+    read_lease_micros: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,6 +148,12 @@ impl Metrics {
     /// Sending to `peer` failed.
     pub fn peer_failed(&self, peer: NodeId) {
         lock(&self.peers).entry(peer).or_default().failures += 1;
+    }
+
+    /// The read lease a leader grants itself (zero when not leading).
+    pub fn set_read_lease(&self, lease: Duration) {
+        let micros = u64::try_from(lease.as_micros()).unwrap_or(u64::MAX);
+        self.read_lease_micros.store(micros, Ordering::Relaxed);
     }
 
     /// A client request failed with `code`.
@@ -215,6 +224,12 @@ impl Metrics {
             "is_member",
             "1 if this node is in the cluster configuration.",
             self.is_member.load(Ordering::Relaxed),
+        );
+        let lease = self.read_lease_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "# HELP raftkv_read_lease_seconds The read lease this leader grants itself (0 when \
+             not leading).\n# TYPE raftkv_read_lease_seconds gauge\nraftkv_read_lease_seconds {lease}"
         );
         self.proposal_duration.render(
             &mut out,

@@ -614,3 +614,77 @@ async fn every_consistency_reads_the_written_value() {
     );
     c.shutdown().await;
 }
+
+/// Members with different timing (DESIGN §4, the lease): node 1 waits 20 ticks before an
+/// election, nodes 2 and 3 only 5. Each member reports its lease guard with every answer, and a
+/// leader bounds its read lease by the shortest guard its voters report, so node 1, leading, must
+/// grant itself a lease that fits nodes 2 and 3 — not one timed by its own long election timeout,
+/// during which they could already have elected another leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_a_long_election_timeout_times_its_lease_by_the_shortest_member() {
+    let long = raftkv_node::DriverConfig {
+        election_ticks: 20,
+        ..inprocess::fast_driver()
+    };
+    let short = raftkv_node::DriverConfig {
+        election_ticks: 5,
+        ..inprocess::fast_driver()
+    };
+    let c = TestCluster::start_with(3, |id, cfg| {
+        cfg.driver = if id == 1 { long.clone() } else { short.clone() };
+        cfg.transport.lease_guard = cfg.driver.lease_guard();
+        cfg.listen_metrics = Some("127.0.0.1:0".parse().expect("address"));
+    })
+    .await;
+    let expected = long.lease(Some(short.lease_guard()));
+    let own = long.lease(None);
+    assert!(
+        expected < own,
+        "the scenario needs node 1's own lease ({own:?}) to be longer than what fits the others \
+         ({expected:?})"
+    );
+
+    let client = Client::connect(c.client_endpoints(), ClientOptions::default())
+        .await
+        .expect("client");
+    let metrics = c.node(1).metrics_addr().expect("node 1 serves metrics");
+    let lease = eventually(
+        "node 1 to lead with a lease that fits every member",
+        async || {
+            let leader = c.current_leader().await;
+            if leader != Some(1) {
+                // Node 1 is the least likely to win an election: hand leadership to it.
+                let _ = client.transfer_leader(1).await;
+                return Err(format!("node {leader:?} leads"));
+            }
+            match read_lease(metrics).await {
+                Some(lease) if lease == expected => Ok(lease),
+                other => Err(format!(
+                    "node 1's lease is {other:?}, expected {expected:?}"
+                )),
+            }
+        },
+    )
+    .await;
+    println!(
+        "node 1 leads with a {lease:?} lease (its own timing alone would give {own:?}); its \
+         voters' guard is {:?}",
+        short.lease_guard()
+    );
+}
+
+/// `raftkv_read_lease_seconds` from a node's metrics port, if it answers.
+async fn read_lease(addr: std::net::SocketAddr) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    let value = body
+        .lines()
+        .find_map(|l| l.strip_prefix("raftkv_read_lease_seconds "))?;
+    let secs: f64 = value.trim().parse().ok()?;
+    Some(Duration::from_micros((secs * 1e6).round() as u64))
+}

@@ -98,6 +98,12 @@ pub struct Leader {
 impl TestCluster {
     /// Starts `size` nodes that bootstrap one cluster of `size` voters.
     pub async fn start(size: u64) -> Self {
+        Self::start_with(size, |_, _| {}).await
+    }
+
+    /// Like [`TestCluster::start`], with each node's configuration adjusted by `configure` (called
+    /// with the node id) before it starts.
+    pub async fn start_with(size: u64, configure: impl Fn(u64, &mut NodeConfig)) -> Self {
         init_logging();
         let started = Instant::now();
         // Bind everything first: the peer map must be complete before the first node starts.
@@ -125,7 +131,7 @@ impl TestCluster {
                 .prefix(&format!("raftkv-node{id}-"))
                 .tempdir()
                 .expect("create a data dir");
-            let cfg = NodeConfig {
+            let mut cfg = NodeConfig {
                 id,
                 advertise_client: addr(&client),
                 advertise_peer: addr(&peer),
@@ -136,9 +142,10 @@ impl TestCluster {
                 driver: fast_driver(),
                 transport: TransportConfig::default(),
                 seed: None,
-                // Metrics have tests of their own; nothing here scrapes them.
+                // Off unless a test asks (`start_with`).
                 listen_metrics: None,
             };
+            configure(id, &mut cfg);
             channels.push((lazy_channel(&addr(&client)), lazy_channel(&addr(&peer))));
             // All at once: before bootstrapping, a node asks its peers whether a cluster already
             // exists, and a peer whose listener is bound but not yet served only answers with
