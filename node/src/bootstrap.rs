@@ -249,12 +249,27 @@ impl PeerView {
     }
 }
 
-async fn ask_peer(addr: &str) -> Option<PeerView> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(1));
-    let channel = endpoint.connect().await.ok()?;
+/// One lazily connected channel per peer address, kept across rounds: a node asks every half
+/// second for as long as it decides, and must not dial a new connection each time.
+#[derive(Default)]
+struct PeerChannels(BTreeMap<String, tonic::transport::Channel>);
+
+impl PeerChannels {
+    fn channel(&mut self, addr: &str) -> Option<tonic::transport::Channel> {
+        if let Some(c) = self.0.get(addr) {
+            return Some(c.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(1))
+            .connect_lazy();
+        self.0.insert(addr.to_owned(), channel.clone());
+        Some(channel)
+    }
+}
+
+async fn ask_peer(channel: tonic::transport::Channel) -> Option<PeerView> {
     let status = pb::cluster_client::ClusterClient::new(channel)
         .status(pb::StatusRequest {})
         .await
@@ -264,12 +279,17 @@ async fn ask_peer(addr: &str) -> Option<PeerView> {
 }
 
 /// Asks every peer at once; the answers of those that answered.
-async fn ask_peers(peers: &BTreeMap<NodeId, String>) -> Vec<PeerView> {
-    let asks = peers
+async fn ask_peers(peers: &BTreeMap<NodeId, String>, channels: &mut PeerChannels) -> Vec<PeerView> {
+    let asks: Vec<_> = peers
         .values()
-        .cloned()
-        .map(|addr| async move { ask_peer(&addr).await });
-    crate::join_all(asks).await.into_iter().flatten().collect()
+        .filter_map(|addr| channels.channel(addr))
+        .map(ask_peer)
+        .collect();
+    crate::join_all(asks.into_iter())
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Decides, for a node with an empty data directory, whether to join a running cluster or to
@@ -290,8 +310,9 @@ pub(crate) async fn bootstrap_or_join(
     let initial = cfg.id <= size;
     let quorum = size / 2 + 1;
     let mut rounds = 0u64;
+    let mut channels = PeerChannels::default();
     loop {
-        let views = ask_peers(&peers).await;
+        let views = ask_peers(&peers, &mut channels).await;
         // Members the answers name are asked too (a cluster may have grown past --peers).
         for v in &views {
             for m in &v.status.members {

@@ -688,3 +688,82 @@ async fn read_lease(addr: std::net::SocketAddr) -> Option<Duration> {
     let secs: f64 = value.trim().parse().ok()?;
     Some(Duration::from_micros((secs * 1e6).round() as u64))
 }
+
+/// A node with an empty data directory asks its peers every half second until it can decide
+/// (here never: 2 of 5 initial members are no quorum). It keeps one connection per peer for all
+/// those rounds instead of dialing anew each time: a proxy in front of the peer counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deciding_node_asks_its_peers_over_one_connection_each() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::{TcpListener, TcpStream};
+
+    let bind = async || TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = |l: &TcpListener| l.local_addr().expect("address").to_string();
+    let (a_client, a_peer, b_client, b_peer, proxy) = (
+        bind().await,
+        bind().await,
+        bind().await,
+        bind().await,
+        bind().await,
+    );
+    let (b_peer_addr, proxy_addr) = (addr(&b_peer), addr(&proxy));
+
+    // The proxy: every connection it accepts is counted and forwarded to node B's peer port.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let forward_to = b_peer_addr.clone();
+    let proxy_task = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = proxy.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let to = forward_to.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |id: u64, client: &TcpListener, peer: &TcpListener, peers: [(u64, String); 2]| {
+        raftkv_node::NodeConfig {
+            id,
+            advertise_client: addr(client),
+            advertise_peer: addr(peer),
+            peers: peers.into_iter().collect(),
+            data_dir: dir.path().join(format!("n{id}")),
+            initial_cluster_size: 5,
+            initial_cluster_token: "one-connection".into(),
+            driver: inprocess::fast_driver(),
+            transport: Default::default(),
+            seed: None,
+            listen_metrics: None,
+        }
+    };
+    let a_cfg = config(1, &a_client, &a_peer, [(1, addr(&a_peer)), (2, proxy_addr)]);
+    let b_cfg = config(
+        2,
+        &b_client,
+        &b_peer,
+        [(1, addr(&a_peer)), (2, b_peer_addr)],
+    );
+    let b = tokio::spawn(raftkv_node::start_with_listeners(b_cfg, b_client, b_peer));
+    let a = tokio::spawn(raftkv_node::start_with_listeners(a_cfg, a_client, a_peer));
+
+    // Eight rounds of asking, or more on a loaded machine.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !a.is_finished() && !b.is_finished(),
+        "2 of 5 initial members decided (no quorum answered)"
+    );
+    let connections = accepted.load(Ordering::SeqCst);
+    a.abort();
+    b.abort();
+    proxy_task.abort();
+    println!("node 1 asked node 2 for 4 s over {connections} connection(s)");
+    assert!(
+        (1..=2).contains(&connections),
+        "node 1 opened {connections} connections to node 2 in 4 s of asking"
+    );
+}
