@@ -129,13 +129,13 @@ impl std::ops::Index<&str> for Scrape {
 }
 
 impl Scrape {
-    /// The family a sample name belongs to: itself, or (OpenMetrics) the name without the
-    /// suffix its type adds.
+    /// The family a sample name belongs to: itself, or (a histogram's samples) the name without
+    /// the suffix its type adds.
     fn family_of(&self, sample: &str) -> Option<(&str, &Family)> {
         if let Some((name, f)) = self.families.get_key_value(sample) {
             return Some((name, f));
         }
-        ["_total", "_bucket", "_sum", "_count"]
+        ["_bucket", "_sum", "_count"]
             .iter()
             .filter_map(|s| sample.strip_suffix(s))
             .find_map(|base| self.families.get_key_value(base))
@@ -143,13 +143,12 @@ impl Scrape {
     }
 }
 
-/// Parses the text exposition (Prometheus 0.0.4 or OpenMetrics 1.0): every sample line must be
-/// `name{labels} value` or `name value`, every `# TYPE` names a known type, and the only other
-/// comment allowed is OpenMetrics' closing `# EOF`.
+/// Parses the text exposition format 0.0.4: every sample line must be `name{labels} value` or
+/// `name value`, every `# TYPE` names a known type, and there are no other comments.
 fn parse(text: &str) -> Scrape {
     let mut out = Scrape::default();
     for line in text.lines() {
-        if line.is_empty() || line == "# EOF" {
+        if line.is_empty() {
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
