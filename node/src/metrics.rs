@@ -8,12 +8,12 @@
 //! touch the library's atomics; encoding happens per scrape.
 //!
 //! The endpoint is hyper 1's HTTP/1 server, not axum: the node already builds hyper with the
-//! `server` and `http1` features (tonic serves gRPC with it), so nothing new is compiled, while
-//! `axum::serve` would need axum features the node does not build today, to route one path. hyper
-//! also lets us cap the request head (`max_buf_size`, answered with 431), which `axum::serve`
-//! does not expose. Bad input has little surface: unparsable requests get 400 from hyper, other
-//! paths 404, other methods 405; every connection is closed after one response and dropped
-//! after [`CONNECTION_TIMEOUT`].
+//! `server` and `http1` features (tonic serves gRPC with it), so serving compiles nothing new,
+//! while `axum::serve` would need axum features the node does not build today (`tokio`, `http1`),
+//! only to route one path. hyper also lets us cap the request head (`max_buf_size`, answered with
+//! 431), which `axum::serve` does not expose. Bad input has little surface: unparsable requests
+//! get 400 from hyper, other paths 404, other methods 405; every connection is closed after one
+//! response and dropped after `CONNECTION_TIMEOUT` (5 s).
 //!
 //! Series (all prefixed `raftkv_`):
 //! - `node_id`, `term`, `role` (0 follower, 1 pre-candidate, 2 candidate, 3 leader), `leader_id`,
