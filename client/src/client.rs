@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raftkv_proto::LEADER_METADATA_KEY;
 use raftkv_proto::v1::cluster_client::ClusterClient;
 use raftkv_proto::v1::kv_client::KvClient;
 use raftkv_proto::v1::{
@@ -34,11 +33,12 @@ use raftkv_proto::v1::{
     Member, PutRequest, RemoveMemberRequest, Role, ScanRequest, StatusRequest, StatusResponse,
     TransferLeaderRequest,
 };
+use raftkv_proto::{LEADER_METADATA_KEY, check_key, check_value};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint, Uri};
 use tonic::{Code, Status};
 
-use crate::{ClientOptions, Error, MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::{ClientOptions, Error};
 
 /// The most endpoints a client keeps. Redirects add the leader's address when it is not one of
 /// the configured endpoints; the cap keeps a long-lived client in a churning cluster bounded.
@@ -248,8 +248,9 @@ impl Client {
 
     /// Sets `key` to `value`; returns the new version (the log index of the write).
     pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<u64, Error> {
-        let key = check_key(key.into())?;
-        let value = check_value(value.into())?;
+        let (key, value) = (key.into(), value.into());
+        check_key("key", &key)?;
+        check_value(&value)?;
         let (client_id, seq, _slot) = self.next_write().await;
         let request = PutRequest {
             key,
@@ -277,7 +278,8 @@ impl Client {
         key: impl Into<Bytes>,
         consistency: Consistency,
     ) -> Result<Option<Versioned>, Error> {
-        let key = check_key(key.into())?;
+        let key = key.into();
+        check_key("key", &key)?;
         let request = GetRequest {
             key,
             consistency: consistency.into(),
@@ -297,7 +299,8 @@ impl Client {
 
     /// Removes `key`; returns the version it had, or `None` when it did not exist (not an error).
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<Option<u64>, Error> {
-        let key = check_key(key.into())?;
+        let key = key.into();
+        check_key("key", &key)?;
         let (client_id, seq, _slot) = self.next_write().await;
         let request = DeleteRequest {
             key,
@@ -326,8 +329,9 @@ impl Client {
         expected_version: u64,
         value: impl Into<Bytes>,
     ) -> Result<CasOutcome, Error> {
-        let key = check_key(key.into())?;
-        let value = check_value(value.into())?;
+        let (key, value) = (key.into(), value.into());
+        check_key("key", &key)?;
+        check_value(&value)?;
         let (client_id, seq, _slot) = self.next_write().await;
         let request = CompareAndSwapRequest {
             key,
@@ -893,26 +897,6 @@ fn successor(key: &[u8]) -> Bytes {
     Bytes::from(next)
 }
 
-fn check_key(key: Bytes) -> Result<Bytes, Error> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidArgument(format!(
-            "key must be 1..={MAX_KEY_LEN} bytes, got {}",
-            key.len()
-        )));
-    }
-    Ok(key)
-}
-
-fn check_value(value: Bytes) -> Result<Bytes, Error> {
-    if value.len() > MAX_VALUE_LEN {
-        return Err(Error::InvalidArgument(format!(
-            "value must be at most {MAX_VALUE_LEN} bytes, got {}",
-            value.len()
-        )));
-    }
-    Ok(value)
-}
-
 /// A random session id: 128 bits as 32 hex digits.
 fn new_client_id() -> String {
     let mut bytes = [0u8; 16];
@@ -981,14 +965,5 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, new_client_id());
-    }
-
-    #[test]
-    fn limits_are_checked_locally() {
-        assert!(check_key(Bytes::new()).is_err());
-        assert!(check_key(Bytes::from(vec![b'k'; MAX_KEY_LEN])).is_ok());
-        assert!(check_key(Bytes::from(vec![b'k'; MAX_KEY_LEN + 1])).is_err());
-        assert!(check_value(Bytes::from(vec![0; MAX_VALUE_LEN])).is_ok());
-        assert!(check_value(Bytes::from(vec![0; MAX_VALUE_LEN + 1])).is_err());
     }
 }

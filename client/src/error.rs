@@ -67,6 +67,13 @@ pub enum Error {
     },
 }
 
+/// A key or value over a limit, found before sending: the same words the servers would use.
+impl From<raftkv_proto::LimitError> for Error {
+    fn from(e: raftkv_proto::LimitError) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
 impl Error {
     /// Whether the call timed out, so that its outcome is unknown (a write may have applied).
     /// `kvctl` exits with 3 for these.

@@ -32,7 +32,6 @@ pub use raftkv_proto::v1::{
     Consistency, KeyValue, Member, MemberRole, MemberState, Role, StatusResponse,
 };
 
-/// The largest key the servers accept, in bytes (DESIGN §5).
-pub const MAX_KEY_LEN: usize = 4096;
-/// The largest value the servers accept, in bytes (DESIGN §5).
-pub const MAX_VALUE_LEN: usize = 1024 * 1024;
+/// The key, value and message limits the servers enforce (DESIGN §5), under the names
+/// `raftkv-proto` gives them; the client checks keys and values against them before sending.
+pub use raftkv_proto::{MAX_GRPC_MESSAGE_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES};

@@ -32,8 +32,9 @@ pub struct ClientOptions {
     pub backoff_initial: Duration,
     /// The longest pause between retries.
     pub backoff_max: Duration,
-    /// The largest gRPC message sent or received. Must exceed the 1 MiB value limit plus
-    /// overhead; tonic's default (4 MiB) is too small for a full Scan page of large values.
+    /// The largest gRPC message sent or received; by default the nodes' own
+    /// ([`crate::MAX_GRPC_MESSAGE_BYTES`]). Must exceed the 1 MiB value limit plus overhead;
+    /// tonic's default (4 MiB) is too small for a full Scan page of large values.
     pub max_message_size: usize,
     /// Addresses to dial in place of the ones the nodes name, `host:port` -> `host:port` (like
     /// curl's `--connect-to`). Nodes redirect to the client address a leader *advertises*; in a
@@ -54,7 +55,7 @@ impl Default for ClientOptions {
             keepalive_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
-            max_message_size: 16 * 1024 * 1024,
+            max_message_size: crate::MAX_GRPC_MESSAGE_BYTES,
             connect_to: BTreeMap::new(),
         }
     }

@@ -201,6 +201,22 @@ async fn definite_errors_are_not_retried() {
     let error = client.put("", "v").await.expect_err("empty key");
     assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
     assert!(error.is_definite());
+    // Oversize input is refused locally too, against the servers' limits and in their words.
+    let long_key = vec![b'k'; raftkv_client::MAX_KEY_BYTES + 1];
+    let error = client.put(long_key, "v").await.expect_err("long key");
+    assert_eq!(
+        error,
+        Error::InvalidArgument("key is 4097 bytes; the limit is 4096 bytes".into())
+    );
+    let large_value = vec![b'v'; raftkv_client::MAX_VALUE_BYTES + 1];
+    let error = client
+        .compare_and_swap("k", 0, large_value)
+        .await
+        .expect_err("large value");
+    assert_eq!(
+        error,
+        Error::InvalidArgument("value is 1048577 bytes; the limit is 1048576 bytes".into())
+    );
     assert_eq!(node.calls(), 0, "rejected without a round trip");
 
     assert_eq!(

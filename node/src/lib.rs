@@ -7,9 +7,13 @@
 //! - [`discovery`]: static peers, or a StatefulSet's pods by DNS name;
 //! - [`members`]: member addresses, and the framing of entries and snapshots that carries them;
 //! - [`transport`]: gRPC messaging between peers (`raftkv.v1.Raft`);
-//! - [`api`]: the client-facing `Kv` and `Cluster` services;
+//! - [`api`]: the client-facing `Kv` and `Cluster` services. The key, value and gRPC message
+//!   limits they enforce, and their checks, are shared with the client and the transport and live
+//!   in `raftkv-proto` (`raftkv_proto::MAX_KEY_BYTES` and its siblings); `api/limits.rs` keeps
+//!   only the session check;
 //! - `driver`: the event loop that ties the core, storage, transport and state machine together;
-//! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint;
+//! - [`metrics`]: Prometheus metrics (registered and encoded by `prometheus-client`) and their
+//!   `/metrics` endpoint (hyper's HTTP/1 server) on the metrics port;
 //! - `bootstrap`: the identity file, and bootstrap or join (with the catch-up barrier) for a node
 //!   with an empty data directory;
 //! - [`node`]: servers, start and stop;

@@ -1,12 +1,22 @@
 //! Prometheus metrics of one node, and the small HTTP endpoint that serves them on their own port.
 //!
-//! Counters and gauges are atomics updated on the hot paths (driver, transport, API); rendering
-//! takes a snapshot in the text exposition format 0.0.4. There is no metrics crate: the handful
-//! of series below do not justify one, and an exporter that answers only `GET /metrics` has
-//! little surface for bad input (anything else gets 400/404 and the connection is closed).
+//! Series are registered with `prometheus-client` (the operator uses it too) and encoded by it in
+//! the Prometheus text format 0.0.4 (`prometheus_text`), not OpenMetrics: that is the format the
+//! node has always served, so every series keeps its exact name (counters end in `_total`, which
+//! the library appends to the registered name), type, labels, help text and bucket bounds
+//! (`node/tests/metrics.rs` keeps the catalogue). The hot paths (driver, transport, API) only
+//! touch the library's atomics; encoding happens per scrape.
+//!
+//! The endpoint is hyper 1's HTTP/1 server, not axum: the node already builds hyper with the
+//! `server` and `http1` features (tonic serves gRPC with it), so serving compiles nothing new,
+//! while `axum::serve` would need axum features the node does not build today (`tokio`, `http1`),
+//! only to route one path. hyper also lets us cap the request head (`max_buf_size`, answered with
+//! 431), which `axum::serve` does not expose. Bad input has little surface: unparsable requests
+//! get 400 from hyper, other paths 404, other methods 405; every connection is closed after one
+//! response and dropped after `CONNECTION_TIMEOUT` (5 s).
 //!
 //! Series (all prefixed `raftkv_`):
-//! - `term`, `role` (0 follower, 1 pre-candidate, 2 candidate, 3 leader), `leader_id`,
+//! - `node_id`, `term`, `role` (0 follower, 1 pre-candidate, 2 candidate, 3 leader), `leader_id`,
 //!   `commit_index`, `applied_index`, `is_member`;
 //! - `proposal_duration_seconds` (histogram: propose to apply, on the leader),
 //!   `fsync_duration_seconds` (histogram: one storage batch, write and fsync);
@@ -17,15 +27,24 @@
 //! - `read_lease_seconds` (on the leader: the lease it grants itself, bounded by the shortest
 //!   lease guard its voters report; 0 elsewhere).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use raftkv_raft::{NodeId, Role};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
@@ -35,82 +54,210 @@ const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
 ];
 
-/// A fixed-bucket histogram of durations.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    overflow: AtomicU64,
-    sum_nanos: AtomicU64,
-}
+/// Largest request head accepted (hyper's smallest allowed buffer); a scrape's is a few hundred
+/// bytes.
+const MAX_REQUEST_HEAD: usize = 8 << 10;
+
+/// How long one scrape connection may take, so a client that sends nothing cannot hold a task.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A gauge of a non-negative count (terms, indexes, ids are `u64`).
+type U64Gauge = Gauge<u64, AtomicU64>;
+type F64Gauge = Gauge<f64, AtomicU64>;
+
+/// A histogram of durations, in seconds.
+#[derive(Debug)]
+pub struct Histogram(prometheus_client::metrics::histogram::Histogram);
 
 impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        match BUCKETS.iter().position(|&b| secs <= b) {
-            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
-            None => self.overflow.fetch_add(1, Ordering::Relaxed),
-        };
-        self.sum_nanos.fetch_add(
-            d.as_nanos().min(u128::from(u64::MAX)) as u64,
-            Ordering::Relaxed,
-        );
+    fn new() -> Self {
+        Self(prometheus_client::metrics::histogram::Histogram::new(
+            BUCKETS,
+        ))
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        cumulative += self.overflow.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        self.0.observe(d.as_secs_f64());
     }
 }
 
-#[derive(Debug, Default)]
-struct PeerCounters {
-    messages: u64,
-    bytes: u64,
-    failures: u64,
+/// The `peer` label: the node id a message went to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerLabel {
+    peer: NodeId,
+}
+
+/// The `code` label: a gRPC status code in its canonical upper-case name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+/// The `result` label of a snapshot transfer: `ok` or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 /// Everything a node counts. Shared (`Arc`) between the driver, transport and services.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    term: AtomicU64,
-    role: AtomicU64,
-    leader_id: AtomicU64,
-    commit_index: AtomicU64,
-    applied_index: AtomicU64,
-    is_member: AtomicU64,
+    registry: Registry,
+    node_id: U64Gauge,
+    term: U64Gauge,
+    role: U64Gauge,
+    leader_id: U64Gauge,
+    commit_index: U64Gauge,
+    applied_index: U64Gauge,
+    is_member: U64Gauge,
     /// Propose-to-apply latency of writes on the leader.
     pub proposal_duration: Histogram,
     /// Duration of one storage batch (writes plus one fsync).
     pub fsync_duration: Histogram,
-    peers: Mutex<BTreeMap<NodeId, PeerCounters>>,
-    rpc_errors: Mutex<BTreeMap<&'static str, u64>>,
-    snapshots_taken: AtomicU64,
-    snapshots_installed: AtomicU64,
-    snapshots_sent_ok: AtomicU64,
-    snapshots_sent_failed: AtomicU64,
-    read_lease_micros: AtomicU64,
+    peer_messages_sent: Family<PeerLabel, Counter>,
+    peer_bytes_sent: Family<PeerLabel, Counter>,
+    peer_send_failures: Family<PeerLabel, Counter>,
+    rpc_errors: Family<CodeLabel, Counter>,
+    snapshots_taken: Counter,
+    snapshots_installed: Counter,
+    snapshots_sent: Family<ResultLabel, Counter>,
+    read_lease: F64Gauge,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while counting cannot leave the maps inconsistent; keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+impl Default for Metrics {
+    fn default() -> Self {
+        // Help texts are written without their final period: the library appends one.
+        let mut registry = Registry::with_prefix("raftkv");
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = U64Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let node_id = gauge(&mut registry, "node_id", "This node's id");
+        let term = gauge(&mut registry, "term", "Current Raft term");
+        let role = gauge(
+            &mut registry,
+            "role",
+            "Raft role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader",
+        );
+        let leader_id = gauge(
+            &mut registry,
+            "leader_id",
+            "The leader this node follows (0 = none known)",
+        );
+        let commit_index = gauge(
+            &mut registry,
+            "commit_index",
+            "Highest log index known committed",
+        );
+        let applied_index = gauge(
+            &mut registry,
+            "applied_index",
+            "Highest log index applied to the state machine",
+        );
+        let is_member = gauge(
+            &mut registry,
+            "is_member",
+            "1 if this node is in the cluster configuration",
+        );
+        let proposal_duration = Histogram::new();
+        registry.register(
+            "proposal_duration_seconds",
+            "Time from proposing a write to applying it, on the leader",
+            proposal_duration.0.clone(),
+        );
+        let fsync_duration = Histogram::new();
+        registry.register(
+            "fsync_duration_seconds",
+            "Time to write and fsync one storage batch",
+            fsync_duration.0.clone(),
+        );
+        // Counters are registered without `_total`: the library appends it.
+        let peer_messages_sent = Family::default();
+        registry.register(
+            "peer_messages_sent",
+            "Raft messages sent, per peer",
+            peer_messages_sent.clone(),
+        );
+        let peer_bytes_sent = Family::default();
+        registry.register(
+            "peer_bytes_sent",
+            "Approximate bytes of log entries sent, per peer",
+            peer_bytes_sent.clone(),
+        );
+        let peer_send_failures = Family::default();
+        registry.register(
+            "peer_send_failures",
+            "Messages that could not be delivered, per peer",
+            peer_send_failures.clone(),
+        );
+        let rpc_errors = Family::default();
+        registry.register(
+            "rpc_errors",
+            "Client API errors by gRPC code",
+            rpc_errors.clone(),
+        );
+        let snapshots_taken = Counter::default();
+        registry.register(
+            "snapshots_taken",
+            "Local snapshots taken (each followed by log compaction)",
+            snapshots_taken.clone(),
+        );
+        let snapshots_installed = Counter::default();
+        registry.register(
+            "snapshots_installed",
+            "Snapshots received from a leader and installed",
+            snapshots_installed.clone(),
+        );
+        let snapshots_sent = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "snapshots_sent",
+            "Snapshot transfers to followers, by result",
+            snapshots_sent.clone(),
+        );
+        // Both results are exposed from the start, so a rate over them never starts from a gap.
+        for result in ["ok", "failed"] {
+            snapshots_sent.get_or_create_owned(&ResultLabel { result });
+        }
+        let read_lease = F64Gauge::default();
+        registry.register(
+            "read_lease_seconds",
+            "The read lease this leader grants itself (0 when not leading)",
+            read_lease.clone(),
+        );
+        Self {
+            registry,
+            node_id,
+            term,
+            role,
+            leader_id,
+            commit_index,
+            applied_index,
+            is_member,
+            proposal_duration,
+            fsync_duration,
+            peer_messages_sent,
+            peer_bytes_sent,
+            peer_send_failures,
+            rpc_errors,
+            snapshots_taken,
+            snapshots_installed,
+            snapshots_sent,
+            read_lease,
+        }
+    }
 }
 
 impl Metrics {
     /// A fresh set of metrics.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Records this node's id (constant for the life of the process).
+    pub fn set_node_id(&self, id: NodeId) {
+        self.node_id.set(id);
     }
 
     /// Records the core's state after a `Ready`.
@@ -123,193 +270,89 @@ impl Metrics {
         applied: u64,
         member: bool,
     ) {
-        self.term.store(term, Ordering::Relaxed);
+        self.term.set(term);
         let role = match role {
             Role::Follower => 0,
             Role::PreCandidate => 1,
             Role::Candidate => 2,
             Role::Leader => 3,
         };
-        self.role.store(role, Ordering::Relaxed);
-        self.leader_id.store(leader_id, Ordering::Relaxed);
-        self.commit_index.store(commit, Ordering::Relaxed);
-        self.applied_index.store(applied, Ordering::Relaxed);
-        self.is_member.store(u64::from(member), Ordering::Relaxed);
+        self.role.set(role);
+        self.leader_id.set(leader_id);
+        self.commit_index.set(commit);
+        self.applied_index.set(applied);
+        self.is_member.set(u64::from(member));
+    }
+
+    /// The three counters of `peer`, created together so that a peer that was only ever
+    /// unreachable still shows `0` messages sent rather than no series at all.
+    fn peer(&self, peer: NodeId) -> [Counter; 3] {
+        let label = PeerLabel { peer };
+        [
+            &self.peer_messages_sent,
+            &self.peer_bytes_sent,
+            &self.peer_send_failures,
+        ]
+        .map(|family| family.get_or_create_owned(&label))
     }
 
     /// A message of `bytes` bytes was sent to `peer`.
     pub fn peer_sent(&self, peer: NodeId, bytes: u64) {
-        let mut peers = lock(&self.peers);
-        let c = peers.entry(peer).or_default();
-        c.messages += 1;
-        c.bytes += bytes;
+        let [messages, sent_bytes, _] = self.peer(peer);
+        messages.inc();
+        sent_bytes.inc_by(bytes);
     }
 
     /// Sending to `peer` failed.
     pub fn peer_failed(&self, peer: NodeId) {
-        lock(&self.peers).entry(peer).or_default().failures += 1;
-    }
-
-    /// The read lease a leader grants itself (zero when not leading).
-    pub fn set_read_lease(&self, lease: Duration) {
-        let micros = u64::try_from(lease.as_micros()).unwrap_or(u64::MAX);
-        self.read_lease_micros.store(micros, Ordering::Relaxed);
+        let [_, _, failures] = self.peer(peer);
+        failures.inc();
     }
 
     /// A client request failed with `code`.
     pub fn rpc_error(&self, code: tonic::Code) {
-        *lock(&self.rpc_errors).entry(code_name(code)).or_default() += 1;
+        self.rpc_errors
+            .get_or_create(&CodeLabel {
+                code: code_name(code),
+            })
+            .inc();
+    }
+
+    /// The read lease a leader grants itself (zero when not leading).
+    pub fn set_read_lease(&self, lease: Duration) {
+        self.read_lease.set(lease.as_secs_f64());
     }
 
     /// A local snapshot was taken.
     pub fn snapshot_taken(&self) {
-        self.snapshots_taken.fetch_add(1, Ordering::Relaxed);
+        self.snapshots_taken.inc();
     }
 
     /// A snapshot from the leader was installed.
     pub fn snapshot_installed(&self) {
-        self.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        self.snapshots_installed.inc();
     }
 
     /// A snapshot transfer to a follower finished.
     pub fn snapshot_sent(&self, ok: bool) {
-        if ok {
-            self.snapshots_sent_ok.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.snapshots_sent_failed.fetch_add(1, Ordering::Relaxed);
-        }
+        let result = if ok { "ok" } else { "failed" };
+        self.snapshots_sent
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
-    /// The text exposition of every series.
-    pub fn render(&self, node_id: NodeId) -> String {
+    /// The text exposition (format 0.0.4) of every series.
+    pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP raftkv_{name} {help}");
-            let _ = writeln!(out, "# TYPE raftkv_{name} gauge");
-            let _ = writeln!(out, "raftkv_{name} {v}");
-        };
-        gauge(&mut out, "node_id", "This node's id.", node_id);
-        gauge(
-            &mut out,
-            "term",
-            "Current Raft term.",
-            self.term.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "role",
-            "Raft role: 0 follower, 1 pre-candidate, 2 candidate, 3 leader.",
-            self.role.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "leader_id",
-            "The leader this node follows (0 = none known).",
-            self.leader_id.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "commit_index",
-            "Highest log index known committed.",
-            self.commit_index.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "applied_index",
-            "Highest log index applied to the state machine.",
-            self.applied_index.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "is_member",
-            "1 if this node is in the cluster configuration.",
-            self.is_member.load(Ordering::Relaxed),
-        );
-        let lease = self.read_lease_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "# HELP raftkv_read_lease_seconds The read lease this leader grants itself (0 when \
-             not leading).\n# TYPE raftkv_read_lease_seconds gauge\nraftkv_read_lease_seconds {lease}"
-        );
-        self.proposal_duration.render(
-            &mut out,
-            "raftkv_proposal_duration_seconds",
-            "Time from proposing a write to applying it, on the leader.",
-        );
-        self.fsync_duration.render(
-            &mut out,
-            "raftkv_fsync_duration_seconds",
-            "Time to write and fsync one storage batch.",
-        );
-        {
-            let peers = lock(&self.peers);
-            for (name, help, pick) in [
-                (
-                    "peer_messages_sent_total",
-                    "Raft messages sent, per peer.",
-                    (|c: &PeerCounters| c.messages) as fn(&PeerCounters) -> u64,
-                ),
-                (
-                    "peer_bytes_sent_total",
-                    "Approximate bytes of log entries sent, per peer.",
-                    |c: &PeerCounters| c.bytes,
-                ),
-                (
-                    "peer_send_failures_total",
-                    "Messages that could not be delivered, per peer.",
-                    |c: &PeerCounters| c.failures,
-                ),
-            ] {
-                let _ = writeln!(out, "# HELP raftkv_{name} {help}");
-                let _ = writeln!(out, "# TYPE raftkv_{name} counter");
-                for (peer, c) in peers.iter() {
-                    let _ = writeln!(out, "raftkv_{name}{{peer=\"{peer}\"}} {}", pick(c));
-                }
-            }
+        // Writing into a String cannot fail, and every label and help text is ours.
+        if let Err(e) = prometheus_text::encode(&mut out, &self.registry) {
+            debug!(error = %e, "encoding metrics failed");
         }
-        let _ = writeln!(
-            out,
-            "# HELP raftkv_rpc_errors_total Client API errors by gRPC code."
-        );
-        let _ = writeln!(out, "# TYPE raftkv_rpc_errors_total counter");
-        for (code, n) in lock(&self.rpc_errors).iter() {
-            let _ = writeln!(out, "raftkv_rpc_errors_total{{code=\"{code}\"}} {n}");
-        }
-        for (name, help, v) in [
-            (
-                "snapshots_taken_total",
-                "Local snapshots taken (each followed by log compaction).",
-                self.snapshots_taken.load(Ordering::Relaxed),
-            ),
-            (
-                "snapshots_installed_total",
-                "Snapshots received from a leader and installed.",
-                self.snapshots_installed.load(Ordering::Relaxed),
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP raftkv_{name} {help}");
-            let _ = writeln!(out, "# TYPE raftkv_{name} counter");
-            let _ = writeln!(out, "raftkv_{name} {v}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP raftkv_snapshots_sent_total Snapshot transfers to followers, by result."
-        );
-        let _ = writeln!(out, "# TYPE raftkv_snapshots_sent_total counter");
-        let _ = writeln!(
-            out,
-            "raftkv_snapshots_sent_total{{result=\"ok\"}} {}",
-            self.snapshots_sent_ok.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "raftkv_snapshots_sent_total{{result=\"failed\"}} {}",
-            self.snapshots_sent_failed.load(Ordering::Relaxed)
-        );
         out
     }
 }
 
+/// The canonical name of a gRPC code, as in the gRPC spec's status code table.
 fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
@@ -333,16 +376,53 @@ fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Largest request head accepted; a scrape's is a few hundred bytes.
-const MAX_REQUEST_HEAD: usize = 8 << 10;
+/// Answers one request: `GET /metrics` is the exposition; anything else is an error.
+fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if request.uri().path() != "/metrics" {
+        return text(StatusCode::NOT_FOUND, "try /metrics\n");
+    }
+    if request.method() != Method::GET {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return r;
+    }
+    let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(prometheus_text::CONTENT_TYPE),
+    );
+    r
+}
+
+/// Serves one connection: one request, one response, then close (scrapers reconnect each
+/// interval, and a closed connection is the simplest state to be in on bad input).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    metrics: Arc<Metrics>,
+) -> hyper::Result<()> {
+    let service = hyper::service::service_fn(move |request| {
+        let response = respond(&metrics, &request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+}
 
 /// Serves `GET /metrics` on `listener` until `stop` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    node_id: NodeId,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -353,62 +433,17 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         crate::spawn(async move {
-            let r = tokio::time::timeout(
-                Duration::from_secs(5),
-                handle_connection(stream, &metrics, node_id),
-            )
-            .await;
-            if !matches!(r, Ok(Ok(()))) {
-                debug!(%peer, "metrics connection ended early");
+            match tokio::time::timeout(CONNECTION_TIMEOUT, serve_connection(stream, metrics)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "metrics connection failed"),
+                Err(_) => debug!(%peer, "metrics connection timed out"),
             }
         });
     }
 }
 
-async fn handle_connection(
-    mut stream: tokio::net::TcpStream,
-    metrics: &Metrics,
-    node_id: NodeId,
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST_HEAD {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
-        }
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (parts.next(), parts.next());
-    match (method, path) {
-        (Some(b"GET"), Some(b"/metrics")) => {
-            respond(&mut stream, "200 OK", &metrics.render(node_id)).await
-        }
-        (Some(b"GET"), Some(_)) => respond(&mut stream, "404 Not Found", "try /metrics\n").await,
-        _ => respond(&mut stream, "400 Bad Request", "").await,
-    }
-}
-
-async fn respond(
-    stream: &mut tokio::net::TcpStream,
-    status: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Binds `addr` and serves metrics in the background.
+/// Binds `addr` and serves metrics in the background; `node_id` is exposed as `raftkv_node_id`.
 pub async fn spawn(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
@@ -417,7 +452,8 @@ pub async fn spawn(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    Ok((local, crate::spawn(serve(listener, metrics, node_id, stop))))
+    metrics.set_node_id(node_id);
+    Ok((local, crate::spawn(serve(listener, metrics, stop))))
 }
 
 #[cfg(test)]
@@ -427,31 +463,50 @@ mod tests {
     #[test]
     fn renders_every_series() {
         let m = Metrics::new();
+        m.set_node_id(2);
         m.set_state(4, Role::Leader, 2, 10, 9, true);
         m.proposal_duration.observe(Duration::from_millis(3));
         m.fsync_duration.observe(Duration::from_secs(20));
         m.peer_sent(3, 100);
-        m.peer_failed(3);
+        m.peer_failed(4);
         m.rpc_error(tonic::Code::Unavailable);
         m.snapshot_taken();
         m.snapshot_sent(false);
-        let text = m.render(2);
+        let text = m.render();
         for line in [
+            "# HELP raftkv_node_id This node's id.",
+            "# TYPE raftkv_node_id gauge",
+            "raftkv_node_id 2",
             "raftkv_term 4",
             "raftkv_role 3",
             "raftkv_commit_index 10",
             "raftkv_applied_index 9",
+            "# TYPE raftkv_proposal_duration_seconds histogram",
+            "raftkv_proposal_duration_seconds_bucket{le=\"0.0001\"} 0",
             "raftkv_proposal_duration_seconds_bucket{le=\"0.005\"} 1",
+            "raftkv_proposal_duration_seconds_bucket{le=\"1\"} 1",
+            "raftkv_proposal_duration_seconds_bucket{le=\"10\"} 1",
             "raftkv_proposal_duration_seconds_count 1",
+            "raftkv_fsync_duration_seconds_bucket{le=\"10\"} 0",
             "raftkv_fsync_duration_seconds_bucket{le=\"+Inf\"} 1",
+            "raftkv_fsync_duration_seconds_sum 20.0",
+            "# HELP raftkv_peer_messages_sent_total Raft messages sent, per peer.",
+            "# TYPE raftkv_peer_messages_sent_total counter",
             "raftkv_peer_messages_sent_total{peer=\"3\"} 1",
             "raftkv_peer_bytes_sent_total{peer=\"3\"} 100",
-            "raftkv_peer_send_failures_total{peer=\"3\"} 1",
+            "raftkv_peer_send_failures_total{peer=\"3\"} 0",
+            "raftkv_peer_messages_sent_total{peer=\"4\"} 0",
+            "raftkv_peer_send_failures_total{peer=\"4\"} 1",
             "raftkv_rpc_errors_total{code=\"UNAVAILABLE\"} 1",
             "raftkv_snapshots_taken_total 1",
+            "raftkv_snapshots_installed_total 0",
+            "raftkv_snapshots_sent_total{result=\"ok\"} 0",
             "raftkv_snapshots_sent_total{result=\"failed\"} 1",
         ] {
-            assert!(text.contains(line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 }

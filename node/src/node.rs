@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use raftkv_proto::MAX_GRPC_MESSAGE_BYTES;
 use raftkv_proto::v1 as pb;
 use raftkv_raft::{Config, InitialState, NodeId, RawNode};
 use tokio::net::TcpListener;
@@ -26,7 +27,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
-use crate::api::{ClusterService, KvService, MAX_GRPC_MESSAGE_BYTES};
+use crate::api::{ClusterService, KvService};
 pub use crate::bootstrap::derive_cluster_id;
 use crate::bootstrap::{
     Origin, bootstrap_or_join, has_state, read_identity, status_on_disk, write_bootstrap_state,

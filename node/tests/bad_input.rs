@@ -29,6 +29,10 @@ use tonic::Code;
 /// node's constants cannot silently change what is tested.
 const MAX_KEY: usize = 4096;
 const MAX_VALUE: usize = 1 << 20;
+// The shared constants (raftkv-proto) must still say the same: changing a limit is a change of
+// the client contract, so it should fail here loudly rather than pass with a moved target.
+const _: () = assert!(MAX_KEY == raftkv_proto::MAX_KEY_BYTES);
+const _: () = assert!(MAX_VALUE == raftkv_proto::MAX_VALUE_BYTES);
 
 /// What a test wrote and had acknowledged before sending bad input: (key, value, version).
 type Acked = Vec<(Vec<u8>, Vec<u8>, u64)>;

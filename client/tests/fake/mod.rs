@@ -153,10 +153,7 @@ impl Fake {
     }
 
     fn check_key(key: &[u8]) -> Result<(), Status> {
-        if key.is_empty() {
-            return Err(Status::invalid_argument("key must be 1..=4096 bytes"));
-        }
-        Ok(())
+        Ok(raftkv_proto::check_key("key", key)?)
     }
 }
 

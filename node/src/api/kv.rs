@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use raftkv_proto::v1 as pb;
+use raftkv_proto::{check_key, check_scan_bound, check_value};
 use tonic::{Request, Response, Status};
 
-use super::limits::{validate_bound, validate_key, validate_session, validate_value};
+use super::limits::validate_session;
 use crate::error::NodeError;
 use crate::handle::{Consistency, NodeHandle, ReadQuery, ReadResult};
 use crate::kv::{Command, Op, SCAN_DEFAULT_LIMIT, SCAN_MAX_LIMIT, WriteResponse};
@@ -89,8 +90,8 @@ impl KvService {
     }
 
     async fn do_put(&self, r: pb::PutRequest) -> Result<pb::PutResponse, Status> {
-        validate_key("key", &r.key)?;
-        validate_value(&r.value)?;
+        check_key("key", &r.key)?;
+        check_value(&r.value)?;
         let op = Op::Put {
             key: r.key,
             value: r.value,
@@ -102,7 +103,7 @@ impl KvService {
     }
 
     async fn do_get(&self, r: pb::GetRequest) -> Result<pb::GetResponse, Status> {
-        validate_key("key", &r.key)?;
+        check_key("key", &r.key)?;
         match self
             .read(ReadQuery::Get { key: r.key }, r.consistency)
             .await?
@@ -117,7 +118,7 @@ impl KvService {
     }
 
     async fn do_delete(&self, r: pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
-        validate_key("key", &r.key)?;
+        check_key("key", &r.key)?;
         match self
             .write(r.client_id, r.seq, Op::Delete { key: r.key })
             .await?
@@ -134,8 +135,8 @@ impl KvService {
     }
 
     async fn do_scan(&self, r: pb::ScanRequest) -> Result<pb::ScanResponse, Status> {
-        validate_bound("start", &r.start)?;
-        validate_bound("end", &r.end)?;
+        check_scan_bound("start", &r.start)?;
+        check_scan_bound("end", &r.end)?;
         let limit = match r.limit {
             0 => SCAN_DEFAULT_LIMIT,
             l if l > SCAN_MAX_LIMIT => {
@@ -171,8 +172,8 @@ impl KvService {
         &self,
         r: pb::CompareAndSwapRequest,
     ) -> Result<pb::CompareAndSwapResponse, Status> {
-        validate_key("key", &r.key)?;
-        validate_value(&r.value)?;
+        check_key("key", &r.key)?;
+        check_value(&r.value)?;
         let op = Op::CompareAndSwap {
             key: r.key,
             expected_version: r.expected_version,

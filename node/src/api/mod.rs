@@ -10,6 +10,3 @@ mod limits;
 
 pub use cluster::ClusterService;
 pub use kv::{DEFAULT_REQUEST_TIMEOUT, KvService};
-pub use limits::{
-    MAX_GRPC_MESSAGE_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, validate_key, validate_value,
-};

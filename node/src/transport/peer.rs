@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
+use raftkv_proto::MAX_GRPC_MESSAGE_BYTES;
 use raftkv_proto::v1 as pb;
 use raftkv_proto::v1::raft_client::RaftClient;
 use raftkv_raft::{Message, NodeId, SnapshotMeta};
@@ -18,7 +19,6 @@ use tracing::{debug, warn};
 
 use super::wire::{Header, Outbound, meta_to_wire, to_wire};
 use super::{Inbound, TransportConfig};
-use crate::api::MAX_GRPC_MESSAGE_BYTES;
 use crate::metrics::Metrics;
 use crate::storage::SnapshotStore;
 

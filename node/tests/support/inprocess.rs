@@ -48,8 +48,9 @@ pub const TICK: Duration = Duration::from_millis(30);
 /// The minimum election timeout, in ticks (etcd's ratio of heartbeat to election timeout).
 pub const ELECTION_TICKS: u64 = 10;
 
-/// The gRPC message limit of the test clients: above the 1 MiB value limit plus overhead.
-const MAX_MESSAGE: usize = 16 << 20;
+/// The gRPC message limit of the test clients: the nodes' own, above the 1 MiB value limit plus
+/// overhead.
+const MAX_MESSAGE: usize = raftkv_proto::MAX_GRPC_MESSAGE_BYTES;
 
 /// Sends `RUST_LOG`-filtered node logs to libtest's captured output, when `RUST_LOG` is set.
 pub fn init_logging() {
