@@ -10,10 +10,12 @@
 //! Snapshots. A local snapshot is taken from a clone of the state machine (values are
 //! reference-counted, so the clone copies the map's structure only) and encoded, written and
 //! fsynced by a blocking task while the loop goes on; when it is done the loop installs it and
-//! compacts the log (unless a newer snapshot from the leader was installed meanwhile). A snapshot
-//! received from the leader is read, checked and decoded on the blocking pool before it replaces
-//! the log. Still to do (the safety issue, item 8): a trailing log after compaction, and a
-//! frozen view that does not even copy the map's structure.
+//! compacts the log (unless a newer snapshot from the leader was installed meanwhile). Compaction
+//! keeps a trailing log of [`DriverConfig::snapshot_trailing_entries`] entries below the snapshot
+//! in the core (and the WAL segments that hold them), so that a follower a little behind is sent
+//! entries rather than the whole snapshot. A snapshot received from the leader is read, checked
+//! and decoded on the blocking pool before it replaces the log. Still to do (the safety issue,
+//! item 8): a frozen view that does not even copy the map's structure.
 //!
 //! Waiters. A write's reply waits under the entry's (index, term). When the entry at that index is
 //! applied with another term, the write was lost (UNAVAILABLE; the client retries with the same
@@ -66,6 +68,9 @@ pub struct DriverConfig {
     pub election_ticks: u64,
     /// Take a snapshot (and compact the log) after this many applied entries.
     pub snapshot_entries: u64,
+    /// Entries kept in the log below each local snapshot (the trailing log), so that a follower
+    /// behind by fewer is sent entries, not the snapshot; 0 compacts to the snapshot.
+    pub snapshot_trailing_entries: u64,
     /// Most writes and reads waiting at once before new ones are refused as overloaded.
     pub max_pending: usize,
     /// A deliberate bug to switch on (see [`crate::planted`]).
@@ -103,6 +108,7 @@ impl Default for DriverConfig {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             snapshot_entries: 10_000,
+            snapshot_trailing_entries: 5_000,
             max_pending: 10_000,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
@@ -238,7 +244,7 @@ async fn snapshot_written(
 
 impl Driver {
     pub(crate) fn new(p: DriverParts) -> Self {
-        let snapshot_index = p.raw.first_index().saturating_sub(1);
+        let snapshot_index = p.raw.snapshot_index();
         let mut driver = Self {
             id: p.id,
             cluster_id: p.cluster_id,
@@ -921,8 +927,9 @@ impl Driver {
         Ok(())
     }
 
-    /// Installs a snapshot written in the background and compacts the log up to it, unless a
-    /// newer snapshot (one received from the leader) was installed meanwhile.
+    /// Installs a snapshot written in the background and compacts the log up to
+    /// `snapshot_trailing_entries` below it, unless a newer snapshot (one received from the
+    /// leader) was installed meanwhile.
     async fn finish_snapshot(
         &mut self,
         index: Index,
@@ -939,13 +946,16 @@ impl Driver {
             ..Default::default()
         };
         storage_call("install snapshot", |cb| self.storage.submit(install, cb)).await?;
-        storage_call("compact", |cb| self.storage.compact(index, cb)).await?;
-        self.raw
-            .compact(index)
+        // The core decides where the log now starts (never before its current start); the WAL
+        // may free the segments below that.
+        let start = self
+            .raw
+            .compact(index, self.cfg.snapshot_trailing_entries)
             .map_err(|e| NodeError::Internal(format!("compact core: {e}")))?;
+        storage_call("compact", |cb| self.storage.compact(start, cb)).await?;
         self.snapshot_index = index;
         self.metrics.snapshot_taken();
-        debug!(index, "snapshot taken, log compacted");
+        debug!(index, start, "snapshot taken, log compacted");
         Ok(())
     }
 

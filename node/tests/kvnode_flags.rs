@@ -39,6 +39,27 @@ fn zero_snapshot_entries_is_refused() {
     assert!(err.contains("--snapshot-entries"), "{err}");
 }
 
+/// The trailing log may be 0 (compact to the snapshot), but must be a count.
+#[test]
+fn snapshot_trailing_entries_must_be_a_count() {
+    for bad in ["-1", "many", "1.5"] {
+        // `=`: a separate "-1" would be read as a flag of its own.
+        let (code, err) = run(&[&format!("--snapshot-trailing-entries={bad}")]);
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(err.contains("--snapshot-trailing-entries"), "{bad}: {err}");
+    }
+    // 0 is accepted: the refusal is then about the other bad flag only.
+    let (code, err) = run(&[
+        "--snapshot-trailing-entries",
+        "0",
+        "--snapshot-entries",
+        "0",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--snapshot-entries"), "{err}");
+    assert!(!err.contains("--snapshot-trailing-entries"), "{err}");
+}
+
 #[test]
 fn election_ticks_below_two_are_refused() {
     for bad in ["0", "1"] {

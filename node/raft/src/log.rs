@@ -1,10 +1,32 @@
-//! The log above the last snapshot, with the commit, persist and apply points, and the history of
+//! The in-memory log, with the commit, persist and apply points, and the history of
 //! configurations (a configuration takes effect when its entry is appended, so truncating the log
 //! must also roll the configuration back).
 //!
-//! The whole log since the last snapshot stays in memory, as in etcd's `MemoryStorage`: the driver
-//! compacts after each snapshot, which bounds it. That keeps every read of the core synchronous and
-//! free of I/O.
+//! The whole log stays in memory, as in etcd's `MemoryStorage`: the caller compacts after each
+//! snapshot, which bounds it. That keeps every read of the core synchronous and free of I/O.
+//!
+//! # Snapshot and log start
+//! Two points, `start <= snapshot.index`:
+//! - `snapshot` is the latest durable snapshot (index S, its term and configuration): what a
+//!   follower that needs compacted entries is sent, and the floor of `committed` and `applied`.
+//! - `start` (index C and its term) is where the log begins: entries `C + 1 ..= last_index()` are
+//!   held. The entries `C + 1 ..= S` form the *trailing log*: they are covered by the snapshot
+//!   but kept, so that a follower a little behind is sent entries rather than the whole snapshot.
+//!
+//! Term lookups answer for `C ..= last_index()`; a follower whose next entry is at or below C is
+//! sent the snapshot at S. Compaction ([`RaftLog::compact`]) records a new snapshot S' and moves
+//! the start to `max(C, S' - trailing)`. Installing a leader's snapshot ([`RaftLog::restore`])
+//! drops the whole log: C = S = the snapshot's index (when the log already holds the snapshot's
+//! last entry, the caller commits instead and never restores). On recovery, entries may start
+//! below the snapshot: they are kept as the trailing log if they reach the snapshot's index and
+//! agree with its term; entries starting after `S + 1` leave a gap, which is an error.
+//!
+//! The configuration history starts at a base point B with `C <= B <= S` (the configuration in
+//! force there), followed by every configuration entry after B. B = C after a restored snapshot
+//! and after compaction; only after recovery with a trailing log is B = S (the configuration in
+//! force at the first recovered entry is unknown), until a compaction moves C past it. Nothing
+//! asks for a configuration below the snapshot (snapshots are only taken at applied indexes,
+//! which are at or above it).
 
 use std::collections::VecDeque;
 
@@ -13,9 +35,11 @@ use crate::types::{ConfState, Entry, EntryPayload, Index, SnapshotMeta, Term};
 
 #[derive(Debug)]
 pub(crate) struct RaftLog {
-    /// The last compacted (or installed) snapshot: the log starts right after `snapshot.index`.
+    /// The latest durable snapshot (taken here or installed from a leader).
     snapshot: SnapshotMeta,
-    /// Entries `snapshot.index + 1 ..= last_index()`.
+    /// Where the log starts: index C and its term, `C <= snapshot.index`.
+    start: (Index, Term),
+    /// Entries `start.0 + 1 ..= last_index()`.
     entries: VecDeque<Entry>,
     /// Highest index known to be committed.
     pub committed: Index,
@@ -28,8 +52,9 @@ pub(crate) struct RaftLog {
     pub pending_snapshot: Option<SnapshotMeta>,
     /// Whether `pending_snapshot` has been handed out and awaits `advance`.
     snapshot_in_flight: bool,
-    /// Configurations in log order: the first is the snapshot's, each later one belongs to a
-    /// configuration entry still in the log. The last one is in force.
+    /// Configurations in log order: the first is the one in force at its index (between the log's
+    /// start and the snapshot, see the module docs), each later one belongs to a configuration
+    /// entry still in the log. The last one is in force.
     confs: Vec<(Index, ConfState)>,
     /// Planted bug `ack-unpersisted-after-snapshot`.
     #[cfg(feature = "planted-bugs")]
@@ -38,6 +63,10 @@ pub(crate) struct RaftLog {
 
 impl RaftLog {
     /// Rebuilds the log from what storage recovered.
+    ///
+    /// `entries` must be contiguous and start at or below `snapshot.index + 1`. Entries at or
+    /// below the snapshot become the trailing log; they must then include the snapshot's last
+    /// entry with the snapshot's term (they are committed, so they cannot disagree with it).
     pub(crate) fn recover(
         snapshot: Option<SnapshotMeta>,
         entries: Vec<Entry>,
@@ -45,8 +74,26 @@ impl RaftLog {
         applied: Index,
     ) -> Result<Self, Error> {
         let snapshot = snapshot.unwrap_or_default();
+        let mut entries = VecDeque::from(entries);
+        // The log starts at the snapshot, or at the first recovered entry if that is not after
+        // it: that entry's term is known, its predecessor's is not.
+        let start = match entries.front() {
+            Some(first) if first.index > snapshot.index + 1 => {
+                return Err(Error::InvalidState(format!(
+                    "recovered entries start at {}, leaving a gap after the snapshot at {}",
+                    first.index, snapshot.index
+                )));
+            }
+            Some(first) if first.index <= snapshot.index => {
+                let start = (first.index, first.term);
+                entries.pop_front();
+                start
+            }
+            _ => (snapshot.index, snapshot.term),
+        };
         let mut log = Self {
             confs: vec![(snapshot.index, snapshot.conf.clone())],
+            start,
             entries: VecDeque::with_capacity(entries.len()),
             committed: snapshot.index,
             applied: snapshot.index,
@@ -75,6 +122,15 @@ impl RaftLog {
             }
             log.push(entry);
         }
+        if log.term(log.snapshot.index) != Some(log.snapshot.term) {
+            return Err(Error::InvalidState(format!(
+                "recovered entries from {} to {} disagree with the snapshot at {} of term {}",
+                log.start.0,
+                log.last_index(),
+                log.snapshot.index,
+                log.snapshot.term
+            )));
+        }
         log.persisted = log.last_index();
         // A persisted commit index beyond the log cannot be trusted; the leader will tell us again.
         log.committed = commit.clamp(log.snapshot.index, log.last_index());
@@ -83,7 +139,11 @@ impl RaftLog {
     }
 
     fn push(&mut self, entry: Entry) {
-        if let EntryPayload::Config { conf, .. } = &entry.payload {
+        // Configuration entries at or below the base (recovered trailing entries) are history
+        // already folded into the base.
+        if let EntryPayload::Config { conf, .. } = &entry.payload
+            && entry.index > self.confs[0].0
+        {
             self.confs.push((entry.index, conf.clone()));
         }
         self.entries.push_back(entry);
@@ -93,25 +153,23 @@ impl RaftLog {
         &self.snapshot
     }
 
+    /// The first index held in the log (the trailing log's first entry, if there is one).
     pub(crate) fn first_index(&self) -> Index {
-        self.snapshot.index + 1
+        self.start.0 + 1
     }
 
     pub(crate) fn last_index(&self) -> Index {
-        self.snapshot.index + self.entries.len() as u64
+        self.start.0 + self.entries.len() as u64
     }
 
     pub(crate) fn last_term(&self) -> Term {
-        self.entries.back().map_or(self.snapshot.term, |e| e.term)
+        self.entries.back().map_or(self.start.1, |e| e.term)
     }
 
     /// The term of the entry at `index`; `None` if compacted or beyond the log.
     pub(crate) fn term(&self, index: Index) -> Option<Term> {
-        if index == self.snapshot.index {
-            return Some(self.snapshot.term);
-        }
-        if index < self.snapshot.index || index > self.last_index() {
-            return None;
+        if index == self.start.0 {
+            return Some(self.start.1);
         }
         self.entry(index).map(|e| e.term)
     }
@@ -141,13 +199,14 @@ impl RaftLog {
         self.confs[self.confs.len() - 1].0
     }
 
-    /// The configuration in force at `index`, which must not be below the snapshot.
-    pub(crate) fn conf_at(&self, index: Index) -> ConfState {
+    /// The configuration in force at `index`; `None` below the history's base (see the module
+    /// docs), which is never above the snapshot.
+    pub(crate) fn conf_at(&self, index: Index) -> Option<ConfState> {
         self.confs
             .iter()
             .rev()
             .find(|(i, _)| *i <= index)
-            .map_or_else(|| self.snapshot.conf.clone(), |(_, c)| c.clone())
+            .map(|(_, c)| c.clone())
     }
 
     /// Leader side: appends new entries of its own.
@@ -207,7 +266,7 @@ impl RaftLog {
             match self.term(i) {
                 Some(t) if t > term => i -= 1,
                 Some(t) => return (i, t),
-                // Compacted: everything at or below the snapshot is committed and matches.
+                // Compacted: everything at or below the log's start is committed and matches.
                 None => return (i, 0),
             }
         }
@@ -285,9 +344,10 @@ impl RaftLog {
             && self.committed.min(self.last_index()) > self.applied.max(self.snapshot.index)
     }
 
-    /// Takes a snapshot from the leader; the log restarts after it.
+    /// Takes a snapshot from the leader; the whole log is dropped and restarts after it.
     pub(crate) fn restore(&mut self, meta: SnapshotMeta) {
         self.entries.clear();
+        self.start = (meta.index, meta.term);
         self.confs = vec![(meta.index, meta.conf.clone())];
         self.committed = meta.index;
         self.persisted = self.persisted.min(meta.index);
@@ -337,32 +397,33 @@ impl RaftLog {
             return Err(Error::Unavailable(index));
         }
         let term = self.term(index).ok_or(Error::Compacted(index))?;
-        Ok(SnapshotMeta {
-            index,
-            term,
-            conf: self.conf_at(index),
-        })
+        let conf = self.conf_at(index).ok_or(Error::Compacted(index))?;
+        Ok(SnapshotMeta { index, term, conf })
     }
 
-    /// Drops entries up to `index`, which a durable snapshot now covers.
-    pub(crate) fn compact(&mut self, index: Index) -> Result<(), Error> {
+    /// Records a durable snapshot at `index` and drops the entries up to `index - trailing`, but
+    /// never moves the log's start back. Returns the new start: entries after it are kept.
+    ///
+    /// A snapshot at or below the current one changes nothing.
+    pub(crate) fn compact(&mut self, index: Index, trailing: u64) -> Result<Index, Error> {
         if index <= self.snapshot.index {
-            return Ok(());
+            return Ok(self.start.0);
         }
         let meta = self.snapshot_meta(index)?;
-        let drop = usize::try_from(index - self.snapshot.index).unwrap_or(usize::MAX);
+        let start = index.saturating_sub(trailing).max(self.start.0);
+        // `start` lies in `self.start.0 ..= index`, so its term is in the log.
+        let start_term = self.term(start).ok_or(Error::Compacted(start))?;
+        let drop = usize::try_from(start - self.start.0).unwrap_or(usize::MAX);
         self.entries.drain(..drop.min(self.entries.len()));
-        // Keep the configuration in force at `index` as the new base, and later ones.
-        let later: Vec<_> = self
-            .confs
-            .iter()
-            .filter(|(i, _)| *i > index)
-            .cloned()
-            .collect();
-        self.confs = std::iter::once((index, meta.conf.clone()))
-            .chain(later)
-            .collect();
+        self.start = (start, start_term);
+        // The configuration in force at the new start becomes the base (unless the base already
+        // lies above it), followed by the later ones.
+        let base = start.max(self.confs[0].0);
+        if let Some(conf) = self.conf_at(base) {
+            let later = self.confs.iter().filter(|(i, _)| *i > base).cloned();
+            self.confs = std::iter::once((base, conf)).chain(later).collect();
+        }
         self.snapshot = meta;
-        Ok(())
+        Ok(start)
     }
 }

@@ -20,9 +20,11 @@ use crate::types::*;
 pub struct InitialState {
     /// The persisted term, vote and commit index.
     pub hard_state: HardState,
-    /// The latest durable snapshot, if any; `entries` follow it.
+    /// The latest durable snapshot, if any.
     pub snapshot: Option<SnapshotMeta>,
-    /// The persisted log entries after the snapshot, contiguous.
+    /// The persisted log entries, contiguous. They start right after the snapshot, or at or below
+    /// its index (a trailing log kept after compaction: then they must include the snapshot's
+    /// last entry, with its term); starting later leaves a gap and is refused.
     pub entries: Vec<Entry>,
     /// The index the caller's state machine has applied (at least the snapshot's index).
     pub applied: Index,
@@ -253,9 +255,14 @@ impl RawNode {
     pub fn last_index(&self) -> Index {
         self.log.last_index()
     }
-    /// Index of the first entry still in the log.
+    /// Index of the first entry still in the log (at or below the snapshot's index + 1: entries
+    /// a snapshot covers may be kept as a trailing log, see [`RawNode::compact`]).
     pub fn first_index(&self) -> Index {
         self.log.first_index()
+    }
+    /// Index of the latest durable snapshot (taken here or installed from a leader), 0 if none.
+    pub fn snapshot_index(&self) -> Index {
+        self.log.snapshot().index
     }
     /// The term of the entry at `index`, if it is in the log (or is the snapshot's last index).
     pub fn log_term(&self, index: Index) -> Option<Term> {
@@ -1402,10 +1409,17 @@ impl RawNode {
         self.log.snapshot_meta(index)
     }
 
-    /// Drops the log up to `index`, which a durable snapshot now covers. Followers that need
-    /// older entries will be sent that snapshot.
-    pub fn compact(&mut self, index: Index) -> Result<(), Error> {
-        self.log.compact(index)
+    /// Records that a snapshot at `snapshot_index` is durable and drops the log up to
+    /// `snapshot_index - trailing_entries`, keeping that many covered entries as a trailing log
+    /// (never moving the log's start back). A follower whose next entry is still in the log is
+    /// sent entries; one that needs older entries is sent the snapshot. Returns the index the log
+    /// now starts after, up to which the caller may compact its durable log.
+    pub fn compact(
+        &mut self,
+        snapshot_index: Index,
+        trailing_entries: u64,
+    ) -> Result<Index, Error> {
+        self.log.compact(snapshot_index, trailing_entries)
     }
 
     /// The transport finished (or gave up) sending a snapshot to `peer`.

@@ -1038,7 +1038,7 @@ fn lagging_follower_catches_up_through_snapshot() {
     let meta = c.node(1).snapshot_meta(applied).expect("applied");
     assert_eq!(meta.conf, c.node(1).conf_state().clone());
     c.disks.get_mut(&1).expect("disk").snapshot = Some(meta.clone());
-    c.node_mut(1).compact(applied).expect("compact");
+    c.node_mut(1).compact(applied, 0).expect("compact");
     assert_eq!(c.node(1).first_index(), applied + 1);
     c.heal();
     c.propose(1, b"after").expect("leader");
@@ -1062,10 +1062,172 @@ fn compaction_is_bounded_by_applied() {
     c.elect(1);
     let applied = c.node(1).applied_index();
     assert_eq!(
-        c.node_mut(1).compact(applied + 1),
+        c.node_mut(1).compact(applied + 1, 0),
         Err(Error::Unavailable(applied + 1))
     );
     assert!(c.node(1).snapshot_meta(applied + 1).is_err());
+}
+
+/// A cluster of three with node 3 cut off while node 1 commits ten entries, then node 1 takes a
+/// durable snapshot at its applied index and compacts keeping entries from node 3's last one
+/// on, minus `short` (so with `short == 0` the oldest entry kept is node 3's last one).
+/// Returns the snapshot and node 3's last index.
+fn lagging_follower_after_compaction(c: &mut Cluster, short: u64) -> (SnapshotMeta, Index) {
+    c.elect(1);
+    c.isolate(3);
+    for _ in 0..10 {
+        c.propose(1, b"x").expect("leader");
+    }
+    let behind = c.node(3).last_index();
+    let applied = c.node(1).applied_index();
+    let meta = c.node(1).snapshot_meta(applied).expect("applied");
+    c.disks.get_mut(&1).expect("disk").snapshot = Some(meta.clone());
+    let trailing = applied - behind - short;
+    let start = c.node_mut(1).compact(applied, trailing).expect("compact");
+    assert_eq!(start, applied - trailing);
+    assert_eq!(c.node(1).first_index(), start + 1);
+    assert_eq!(c.node(1).snapshot_index(), applied);
+    (meta, behind)
+}
+
+/// Item 8 of the safety issue: with a trailing log, a follower whose next entry is still in the
+/// leader's log (here exactly the oldest one kept) is sent AppendEntries, not the snapshot.
+#[test]
+fn follower_within_trailing_log_gets_entries() {
+    let mut c = Cluster::new(3);
+    let (meta, behind) = lagging_follower_after_compaction(&mut c, 0);
+    // The oldest entry kept is the follower's last one: its term is known, so the consistency
+    // check can succeed at it.
+    assert_eq!(c.node(1).first_index(), behind + 1);
+    assert_eq!(c.node(1).log_term(behind), c.node(3).log_term(behind));
+    c.heal();
+    c.propose(1, b"after").expect("leader");
+    c.tick_all(3);
+    assert!(
+        !c.delivered
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::InstallSnapshot { .. })),
+        "no snapshot is sent to a follower within the trailing log"
+    );
+    assert!(c.delivered.iter().any(|m| m.to == 3
+        && matches!(&m.body, MessageBody::AppendEntries { prev_log_index, entries, .. }
+            if *prev_log_index == behind && !entries.is_empty())));
+    assert_eq!(c.node(3).last_index(), c.node(1).last_index());
+    assert_eq!(c.node(3).commit_index(), c.node(1).commit_index());
+    assert!(c.applied_data(3).contains(&Bytes::from("after")));
+    // The follower never installed a snapshot; the leader's is still the one at `applied`.
+    assert_eq!(c.disks[&3].snapshot, None);
+    assert_eq!(c.node(1).snapshot_index(), meta.index);
+}
+
+/// One entry fewer kept than that follower needs, and it is sent the snapshot at S (not one at
+/// the log's start).
+#[test]
+fn follower_behind_trailing_log_gets_snapshot() {
+    let mut c = Cluster::new(3);
+    let (meta, behind) = lagging_follower_after_compaction(&mut c, 1);
+    assert_eq!(c.node(1).first_index(), behind + 2);
+    c.heal();
+    c.propose(1, b"after").expect("leader");
+    c.tick_all(3);
+    assert!(c.delivered.iter().any(|m| m.to == 3
+        && matches!(&m.body, MessageBody::InstallSnapshot { meta: got } if *got == meta)));
+    assert_eq!(c.node(3).last_index(), c.node(1).last_index());
+    assert!(c.applied_data(3).contains(&Bytes::from("after")));
+    // Installing the leader's snapshot dropped the follower's whole log: it starts at S.
+    assert_eq!(c.node(3).snapshot_index(), meta.index);
+    assert_eq!(c.node(3).first_index(), meta.index + 1);
+}
+
+/// Compaction never moves the log's start back, and a snapshot at or below the current one
+/// changes nothing.
+#[test]
+fn compaction_start_only_moves_forward() {
+    let mut c = Cluster::new(1);
+    c.elect(1);
+    for _ in 0..10 {
+        c.propose(1, b"x").expect("leader");
+    }
+    let applied = c.node(1).applied_index();
+    assert_eq!(c.node_mut(1).compact(applied - 2, 0), Ok(applied - 2));
+    // A later snapshot with a longer trailing log keeps the start where it was.
+    assert_eq!(c.node_mut(1).compact(applied, 100), Ok(applied - 2));
+    assert_eq!(c.node(1).snapshot_index(), applied);
+    assert_eq!(c.node(1).log_term(applied - 2), Some(c.node(1).term()));
+    assert_eq!(c.node(1).log_term(applied - 3), None);
+    // An older snapshot is ignored.
+    assert_eq!(c.node_mut(1).compact(applied - 1, 0), Ok(applied - 2));
+    assert_eq!(c.node(1).snapshot_index(), applied);
+    // A snapshot can still be described at the applied index, with its configuration.
+    let meta = c.node(1).snapshot_meta(applied).expect("applied");
+    assert_eq!(meta.conf, c.node(1).conf_state().clone());
+}
+
+/// Recovered entries `first..=last` of term 1, with a snapshot at 5 of `snapshot_term`.
+fn recovered(first: Index, last: Index, snapshot_term: Term) -> InitialState {
+    let conf = ConfState {
+        voters: [1].into_iter().collect(),
+        ..ConfState::default()
+    };
+    InitialState {
+        hard_state: HardState {
+            term: 1,
+            vote: 1,
+            commit: 10,
+        },
+        snapshot: Some(SnapshotMeta {
+            index: 5,
+            term: snapshot_term,
+            conf,
+        }),
+        entries: (first..=last)
+            .map(|index| Entry {
+                term: 1,
+                index,
+                payload: EntryPayload::Normal(Bytes::from_static(b"x")),
+            })
+            .collect(),
+        applied: 5,
+    }
+}
+
+/// Recovery: entries that start below the snapshot are kept as the trailing log (the first one
+/// is the log's start), entries right after it are the usual case, and a gap, entries that
+/// disagree with the snapshot or that end before it are refused.
+#[test]
+fn recovery_with_trailing_entries() {
+    let node = RawNode::new(Config::new(1), recovered(2, 10, 1)).expect("trailing log");
+    assert_eq!(node.snapshot_index(), 5);
+    assert_eq!((node.first_index(), node.last_index()), (3, 10));
+    assert_eq!(node.log_term(2), Some(1));
+    assert_eq!(node.log_term(1), None);
+    assert_eq!(node.commit_index(), 10);
+    assert_eq!(node.applied_index(), 5);
+
+    let node = RawNode::new(Config::new(1), recovered(6, 10, 1)).expect("log after snapshot");
+    assert_eq!((node.first_index(), node.last_index()), (6, 10));
+    assert_eq!(node.log_term(5), Some(1));
+
+    // Starting at the snapshot's own index: that entry is the start.
+    let node = RawNode::new(Config::new(1), recovered(5, 10, 1)).expect("log from snapshot");
+    assert_eq!((node.first_index(), node.last_index()), (6, 10));
+
+    for (state, why) in [
+        (recovered(7, 10, 1), "a gap after the snapshot"),
+        (
+            recovered(2, 10, 2),
+            "entries that disagree with the snapshot's term",
+        ),
+        (recovered(2, 4, 1), "entries that end before the snapshot"),
+    ] {
+        assert!(
+            matches!(
+                RawNode::new(Config::new(1), state),
+                Err(Error::InvalidState(_))
+            ),
+            "{why} must be refused"
+        );
+    }
 }
 
 /// A failed snapshot transfer is reported and retried.
@@ -1078,7 +1240,7 @@ fn failed_snapshot_is_retried() {
         c.propose(1, b"x").expect("leader");
     }
     let applied = c.node(1).applied_index();
-    c.node_mut(1).compact(applied).expect("compact");
+    c.node_mut(1).compact(applied, 0).expect("compact");
     c.heal();
     c.fail_snapshots = true;
     c.tick_all(3);

@@ -109,6 +109,7 @@ fn run_part(part: u64) {
             ("reads served", s.reads_served),
             ("snapshots taken", s.snapshots_taken),
             ("snapshots installed", s.snapshots_installed),
+            ("appends from a trailing log", s.trailing_appends),
             ("membership changes committed", s.conf_changes_committed),
             ("leader transfers completed", s.transfers_done),
             ("crashes", s.crashes),

@@ -90,6 +90,11 @@ struct Args {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_entries: u64,
 
+    /// Entries kept below each snapshot when compacting (0: none), so that a follower behind by
+    /// fewer catches up from the log instead of receiving the whole snapshot.
+    #[arg(long, default_value_t = 5_000)]
+    snapshot_trailing_entries: u64,
+
     /// Timeout for one RPC to a peer; also bounds connection attempts.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     peer_timeout: Duration,
@@ -273,6 +278,7 @@ async fn run(args: Args) -> ExitCode {
             tick: args.tick,
             election_ticks: args.election_ticks,
             snapshot_entries: args.snapshot_entries,
+            snapshot_trailing_entries: args.snapshot_trailing_entries,
             #[cfg(feature = "planted-bugs")]
             planted_bug: args.planted_bug,
             #[cfg(feature = "planted-bugs")]

@@ -101,6 +101,10 @@ pub struct ClusterOpts {
     /// Take a snapshot and compact whenever a node's applied index is this far past its last
     /// snapshot (`None`: only explicit [`Cluster::snapshot`] calls).
     pub snapshot_threshold: Option<u64>,
+    /// Entries the core keeps below each snapshot it takes (its trailing log, so that a follower
+    /// a little behind is sent entries instead of the snapshot); 0 compacts to the snapshot.
+    /// The disk keeps what real storage keeps: only the entries after the snapshot.
+    pub snapshot_trailing: u64,
     /// Panic at the first violation (scenario tests) instead of recording it.
     pub strict: bool,
     /// Print every event to stderr (for replaying a failing seed).
@@ -139,6 +143,7 @@ impl ClusterOpts {
             report_unreachable: 0.0,
             ready_crashes: ReadyCrashes::default(),
             snapshot_threshold: None,
+            snapshot_trailing: 0,
             strict: true,
             trace: std::env::var_os("SIM_TRACE").is_some(),
             commit_rule: true,
@@ -169,6 +174,9 @@ pub struct Stats {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// AppendEntries carrying entries a snapshot of the sender already covers (sent from its
+    /// trailing log instead of the snapshot).
+    pub trailing_appends: u64,
     /// Membership changes accepted by a leader (add learner, remove; not the automatic
     /// promotions).
     pub conf_changes_proposed: u64,
@@ -213,6 +221,7 @@ impl Stats {
         self.reads_served += o.reads_served;
         self.snapshots_taken += o.snapshots_taken;
         self.snapshots_installed += o.snapshots_installed;
+        self.trailing_appends += o.trailing_appends;
         self.conf_changes_proposed += o.conf_changes_proposed;
         self.conf_changes_committed += o.conf_changes_committed;
         self.transfers += o.transfers;
@@ -236,7 +245,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "ticks={} elections={} proposals={} committed={} reads={}/{} snapshots taken={} \
-             installed={} conf_changes proposed={} committed={} transfers={}/{} crashes={} \
+             installed={} trailing_appends={} conf_changes proposed={} committed={} transfers={}/{} crashes={} \
              (in-ready {}) restarts={} partitions={} msgs sent={} delivered={} dropped={} dup={} \
              leases={} pauses={} wipes={}",
             self.ticks,
@@ -247,6 +256,7 @@ impl std::fmt::Display for Stats {
             self.reads_requested,
             self.snapshots_taken,
             self.snapshots_installed,
+            self.trailing_appends,
             self.conf_changes_proposed,
             self.conf_changes_committed,
             self.transfers_done,
@@ -1024,6 +1034,20 @@ impl Cluster {
     /// Puts a message on the wire, applying the link faults.
     fn send(&mut self, msg: Message) {
         self.stats.msgs_sent += 1;
+        if let MessageBody::AppendEntries {
+            prev_log_index,
+            entries,
+            ..
+        } = &msg.body
+            && !entries.is_empty()
+            && self
+                .nodes
+                .get(&msg.from)
+                .and_then(|n| n.raw.as_ref())
+                .is_some_and(|raw| *prev_log_index < raw.snapshot_index())
+        {
+            self.stats.trailing_appends += 1;
+        }
         let (from, to) = (msg.from, msg.to);
         if let MessageBody::RequestVoteResponse {
             pre_vote: false,
@@ -1124,7 +1148,9 @@ impl Cluster {
         };
         let d = &node.disk;
         let (first, last, commit) = (raw.first_index(), raw.last_index(), raw.commit_index());
-        let agree = first == d.snapshot_index() + 1
+        // The core may keep a trailing log below the snapshot; the disk starts right after it.
+        let agree = raw.snapshot_index() == d.snapshot_index()
+            && first <= d.snapshot_index() + 1
             && last == d.last_index()
             && raw.log_term(last) == d.term_at(last)
             && raw.log_term(commit) == d.term_at(commit);
@@ -1583,7 +1609,7 @@ impl Cluster {
             return false;
         }
         node.disk.compact(meta, data);
-        if let Err(e) = raw.compact(index) {
+        if let Err(e) = raw.compact(index, self.opts.snapshot_trailing) {
             self.contract(
                 id,
                 format!("compact({index}) after a durable snapshot failed: {e}"),

@@ -96,6 +96,9 @@ pub struct Profile {
     pub campaign: f64,
     /// Auto-snapshot distance (see [`ClusterOpts::snapshot_threshold`]).
     pub snapshot_threshold: Option<u64>,
+    /// Entries kept in the core's log below each snapshot (see
+    /// [`ClusterOpts::snapshot_trailing`]).
+    pub snapshot_trailing: u64,
     /// Check the §5.4.2 commitment rule directly.
     pub commit_rule: bool,
     /// Shut removed members down once their removal committed (after this many ticks at most).
@@ -137,6 +140,8 @@ impl Profile {
         // Most seeds deliver several messages per Ready, as the node's driver does.
         let batch = pick(&[1.0, 4.0, 16.0, 64.0]) as usize;
         let wipe = pick(&[0.0, 0.001, 0.003]);
+        // Drawn last so that the earlier draws (and the seeds' known profiles) stay as they were.
+        let trailing = pick(&[0.0, 3.0, 20.0, 200.0]) as u64;
         Self {
             name: format!("randomized({seed})"),
             ticks: 500,
@@ -177,6 +182,7 @@ impl Profile {
             transfer,
             campaign: 0.002,
             snapshot_threshold: (snapshot > 0).then_some(snapshot),
+            snapshot_trailing: trailing,
             commit_rule: true,
             decommission_after: (decommission > 0.0).then_some(30),
             batch_delivery: batch,
@@ -240,6 +246,7 @@ impl Profile {
             report_unreachable: self.report_unreachable,
             ready_crashes: self.ready_crashes,
             snapshot_threshold: self.snapshot_threshold,
+            snapshot_trailing: self.snapshot_trailing,
             strict: false,
             trace,
             commit_rule: self.commit_rule,
