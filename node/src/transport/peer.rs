@@ -111,16 +111,33 @@ impl Transport {
                 "no address for peer; message dropped"
             );
             self.shared.metrics.peer_failed(to);
-            let _ = self.shared.feedback.try_send(Inbound::Unreachable(to));
+            undelivered(&self.shared.feedback, &m);
             return;
         };
         let size = message_size(&m);
-        if peer.tx.try_send(m).is_err() {
+        if let Err(e) = peer.tx.try_send(m) {
             self.shared.metrics.peer_failed(to);
-            let _ = self.shared.feedback.try_send(Inbound::Unreachable(to));
+            let m = match e {
+                mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+            };
+            undelivered(&self.shared.feedback, &m);
         } else {
             self.shared.metrics.peer_sent(to, size);
         }
+    }
+}
+
+/// Tells the core that `m` was dropped: its peer is unreachable, and if `m` offered a snapshot,
+/// that transfer failed. The core waits for a snapshot's outcome before it sends the follower
+/// anything but heartbeats, so a snapshot message dropped silently (a full queue, or the queue
+/// drained after a failed send to a paused peer) would leave that follower behind for good.
+fn undelivered(feedback: &mpsc::Sender<Inbound>, m: &Message) {
+    let _ = feedback.try_send(Inbound::Unreachable(m.to));
+    if matches!(m.body, raftkv_raft::MessageBody::InstallSnapshot { .. }) {
+        let _ = feedback.try_send(Inbound::SnapshotStatus {
+            peer: m.to,
+            ok: false,
+        });
     }
 }
 
@@ -163,8 +180,8 @@ async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, sh
         Err(e) => {
             warn!(peer = id, %addr, error = %e, "invalid peer address");
             // Drain forever so the driver sees the peer as unreachable, not as a full queue.
-            while rx.recv().await.is_some() {
-                let _ = feedback.try_send(Inbound::Unreachable(id));
+            while let Some(m) = rx.recv().await {
+                undelivered(&feedback, &m);
             }
             return;
         }
@@ -209,7 +226,9 @@ async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, sh
             let _ = feedback.try_send(Inbound::Unreachable(id));
             // Whatever is queued was meant for a peer we cannot reach now; the core resends what
             // matters, so drop it rather than pay a connect timeout per message.
-            while rx.try_recv().is_ok() {}
+            while let Ok(m) = rx.try_recv() {
+                undelivered(&feedback, &m);
+            }
         }
     }
     if let Some(t) = snapshot_task {
@@ -320,6 +339,70 @@ mod tests {
 
     use super::*;
 
+    fn heartbeat(to: NodeId) -> Message {
+        Message {
+            from: 1,
+            to,
+            term: 1,
+            body: MessageBody::AppendEntries {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![],
+                leader_commit: 0,
+            },
+        }
+    }
+
+    /// A peer that stops answering (SIGSTOP) makes a send time out, and what is queued behind it
+    /// is dropped. A snapshot offer among it must be reported as failed, or the core would wait
+    /// for that transfer's outcome for ever and never send the follower anything again.
+    #[tokio::test]
+    async fn a_dropped_snapshot_offer_is_reported_as_failed() {
+        // Accepts connections and never answers, as a stopped process does.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (feedback, mut inbound) = mpsc::channel(16);
+        let mut transport = Transport::new(
+            "cluster".into(),
+            TransportConfig {
+                rpc_timeout: Duration::from_millis(300),
+                ..TransportConfig::default()
+            },
+            feedback,
+            SnapshotStore::in_memory(),
+            Metrics::new(),
+        );
+        transport.set_peer(2, &addr.to_string());
+        transport.send(heartbeat(2));
+        transport.send(Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::InstallSnapshot {
+                meta: SnapshotMeta {
+                    index: 10,
+                    term: 1,
+                    ..SnapshotMeta::default()
+                },
+            },
+        });
+        let reported = timeout(Duration::from_secs(10), async {
+            while let Some(event) = inbound.recv().await {
+                if let Inbound::SnapshotStatus { peer, ok } = event {
+                    return Some((peer, ok));
+                }
+            }
+            None
+        })
+        .await;
+        drop(listener);
+        assert_eq!(
+            reported,
+            Ok(Some((2, false))),
+            "the dropped snapshot offer was not reported as failed"
+        );
+    }
+
     /// A member removed from the configuration gets no more traffic: forgetting the peer stops
     /// its task, and with it the connection (the removed node sees its socket closed).
     #[tokio::test]
@@ -335,17 +418,7 @@ mod tests {
             Metrics::new(),
         );
         transport.set_peer(2, &addr.to_string());
-        transport.send(Message {
-            from: 1,
-            to: 2,
-            term: 1,
-            body: MessageBody::AppendEntries {
-                prev_log_index: 0,
-                prev_log_term: 0,
-                entries: vec![],
-                leader_commit: 0,
-            },
-        });
+        transport.send(heartbeat(2));
         let (mut conn, _) = timeout(Duration::from_secs(10), listener.accept())
             .await
             .expect("the transport connects within 10 s")
