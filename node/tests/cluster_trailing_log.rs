@@ -159,3 +159,58 @@ async fn follower_within_trailing_log_gets_entries_beyond_it_a_snapshot() {
     cluster.assert_replica_matches(follower, &near, SLOW).await;
     cluster.sigterm_all().await;
 }
+
+/// A follower paused (SIGSTOP) while the leader takes snapshots with no trailing log must catch
+/// up once resumed. Sends to it time out meanwhile, and the transport drops what was queued
+/// behind them; a snapshot offer dropped that way must count as a failed transfer, or the leader
+/// waits for its outcome for ever and never sends the follower anything again. (A follower that
+/// never caught up was seen in longer runs of this scenario; the transport's unit test
+/// `a_dropped_snapshot_offer_is_reported_as_failed` reproduces the dropped offer every time.)
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_follower_catches_up_after_snapshots_without_a_trailing_log() {
+    let opts = ClusterOptions {
+        snapshot_entries: SNAPSHOT_ENTRIES,
+        // Sends to the paused follower time out after 1 s, so that several do while it is paused.
+        extra_args: vec![
+            "--snapshot-trailing-entries".into(),
+            "0".into(),
+            "--peer-timeout".into(),
+            "1s".into(),
+        ],
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start_with(3, opts).await;
+    let leader = cluster.leader().await;
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    cluster.sigstop(follower);
+    let paused = std::time::Instant::now();
+    let hi = leader_last_index(&cluster, leader).await;
+    let writers = Writers::start(cluster.endpoints(), "paused", 4, None).await;
+    let leader_dir = cluster.data_dir(leader).to_path_buf();
+    wait_for(
+        &format!("snapshots on leader {leader} well above index {hi}"),
+        SLOW,
+        async || (newest_snapshot(&leader_dir) > hi + 5 * SNAPSHOT_ENTRIES).then_some(()),
+    )
+    .await;
+    // Paused for several send timeouts in all, with snapshots offered throughout.
+    wait_for("8 s of pause", SLOW, async || {
+        (paused.elapsed() > Duration::from_secs(8)).then_some(())
+    })
+    .await;
+    let history = writers.stop().await;
+    cluster.sigcont(follower);
+    let took = cluster
+        .assert_replica_matches(follower, &history, SLOW)
+        .await;
+    println!(
+        "paused follower {follower} caught up {took:.2?} after resuming (leader snapshot at {})",
+        newest_snapshot(&leader_dir)
+    );
+    history.verify(&cluster.client().await).await;
+    cluster.sigterm_all().await;
+}
