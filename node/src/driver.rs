@@ -212,6 +212,9 @@ pub(crate) struct Driver {
     publish_channel: Option<(String, tonic::transport::Channel)>,
     /// A snapshot being written in the background (see [`Driver::maybe_snapshot`]).
     snapshot_job: Option<SnapshotJob>,
+    /// The last message from a leader: its term, its id and when it arrived (see
+    /// [`Driver::note_leader_message`]).
+    leader_heard: Option<(Term, NodeId, Instant)>,
 }
 
 /// A local snapshot at `index`, written to a staged file by a blocking task while the loop goes
@@ -270,6 +273,7 @@ impl Driver {
             was_member: false,
             publish_channel: None,
             snapshot_job: None,
+            leader_heard: None,
         };
         driver.plant_bugs();
         driver
@@ -376,8 +380,12 @@ impl Driver {
 
     fn on_inbound(&mut self, inb: Inbound) {
         match inb {
-            Inbound::Message(m) => self.raw.step(m),
+            Inbound::Message(m) => {
+                self.note_leader_message(&m);
+                self.raw.step(m)
+            }
             Inbound::Snapshot { msg, data } => {
+                self.note_leader_message(&msg);
                 let meta = data.meta().clone();
                 let announced = match &msg.body {
                     raftkv_raft::MessageBody::InstallSnapshot { meta } => Some(meta),
@@ -407,6 +415,28 @@ impl Driver {
             Inbound::Unreachable(peer) => self.raw.report_unreachable(peer),
             Inbound::SnapshotStatus { peer, ok } => self.raw.report_snapshot(peer, ok),
         }
+    }
+
+    /// Measures leader silence as a follower sees it: the time between two consecutive messages
+    /// from the same leader in the same term (appends, heartbeats, snapshots), which is what the
+    /// election timer races against. A stall of this loop counts too, as it should: a follower
+    /// whose loop stalls misses heartbeats just the same.
+    fn note_leader_message(&mut self, m: &raftkv_raft::Message) {
+        use raftkv_raft::MessageBody::{AppendEntries, Heartbeat, InstallSnapshot};
+        if !matches!(
+            m.body,
+            AppendEntries { .. } | Heartbeat { .. } | InstallSnapshot { .. }
+        ) || m.term < self.raw.term()
+        {
+            return;
+        }
+        let now = Instant::now();
+        if let Some((term, leader, at)) = self.leader_heard
+            && (term, leader) == (m.term, m.from)
+        {
+            self.metrics.leader_silence(now.duration_since(at));
+        }
+        self.leader_heard = Some((m.term, m.from, now));
     }
 
     fn on_request(&mut self, req: Request) {

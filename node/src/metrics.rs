@@ -13,7 +13,9 @@
 //! - `peer_messages_sent_total{peer}`, `peer_bytes_sent_total{peer}`,
 //!   `peer_send_failures_total{peer}`;
 //! - `rpc_errors_total{code}` (client API errors by gRPC code);
-//! - `snapshots_taken_total`, `snapshots_installed_total`, `snapshots_sent_total{result}`.
+//! - `snapshots_taken_total`, `snapshots_installed_total`, `snapshots_sent_total{result}`;
+//! - `leader_silence_max_seconds` (the longest a follower went without a message from its leader
+//!   within one term, since the node started).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -97,6 +99,7 @@ pub struct Metrics {
     snapshots_installed: AtomicU64,
     snapshots_sent_ok: AtomicU64,
     snapshots_sent_failed: AtomicU64,
+    leader_silence_max_nanos: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -169,6 +172,13 @@ impl Metrics {
         } else {
             self.snapshots_sent_failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A follower heard from its leader `gap` after the previous message of the same term.
+    pub fn leader_silence(&self, gap: Duration) {
+        let nanos = gap.as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.leader_silence_max_nanos
+            .fetch_max(nanos, Ordering::Relaxed);
     }
 
     /// The text exposition of every series.
@@ -290,6 +300,17 @@ impl Metrics {
             out,
             "raftkv_snapshots_sent_total{{result=\"failed\"}} {}",
             self.snapshots_sent_failed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP raftkv_leader_silence_max_seconds Longest time this node went without a message \
+             from its leader within one term."
+        );
+        let _ = writeln!(out, "# TYPE raftkv_leader_silence_max_seconds gauge");
+        let _ = writeln!(
+            out,
+            "raftkv_leader_silence_max_seconds {}",
+            self.leader_silence_max_nanos.load(Ordering::Relaxed) as f64 / 1e9
         );
         out
     }
@@ -420,6 +441,8 @@ mod tests {
         m.rpc_error(tonic::Code::Unavailable);
         m.snapshot_taken();
         m.snapshot_sent(false);
+        m.leader_silence(Duration::from_millis(250));
+        m.leader_silence(Duration::from_millis(100));
         let text = m.render(2);
         for line in [
             "raftkv_term 4",
@@ -435,6 +458,7 @@ mod tests {
             "raftkv_rpc_errors_total{code=\"UNAVAILABLE\"} 1",
             "raftkv_snapshots_taken_total 1",
             "raftkv_snapshots_sent_total{result=\"failed\"} 1",
+            "raftkv_leader_silence_max_seconds 0.25",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
