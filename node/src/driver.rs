@@ -933,7 +933,7 @@ impl Driver {
             .snapshot_meta(applied)
             .map_err(|e| NodeError::Internal(format!("snapshot meta at {applied}: {e}")))?;
         let header = snapshot_header(&self.book);
-        let kv = self.kv.clone();
+        let kv = self.kv.freeze();
         let snapshots = self.snapshots.clone();
         let (tx, done) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
