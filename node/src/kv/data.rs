@@ -6,8 +6,7 @@
 //! A snapshot of a large store takes seconds to encode and write; the loop must go on applying
 //! meanwhile (a stalled loop misses heartbeats and causes elections), so the writer needs the
 //! state *as of* the snapshot index while the map keeps changing. Cloning the `BTreeMap` gave
-//! that, but copies the map's structure on the loop: O(keys), about 100 ms per million keys in a
-//! release build and several times that in a debug one.
+//! that, but copies the map's structure on the loop: O(keys) for every snapshot.
 //!
 //! Instead the map is a frozen **base** behind an `Arc` plus, only while a snapshot may be
 //! reading the base, an **overlay** of the changes made since (a put is `Some(stored)`, a delete a
@@ -23,17 +22,29 @@
 //!   if the view is somehow still alive when the next snapshot freezes, `Arc::make_mut` copies
 //!   the base first (the old cost, never worse);
 //! - with no overlay, reads go straight to the base and writes through `Arc::make_mut` (a
-//!   uniqueness check, no copy): the path of a plain `BTreeMap` plus one branch.
+//!   uniqueness check, no copy): the path of a plain `BTreeMap` plus one branch (not timed
+//!   against the old code).
 //!
 //! Memory: while a snapshot runs, the base is shared and only the overlay is extra — the old
-//! clone held a second copy of every node of the map. A persistent map crate (`imbl`) would give
-//! the same O(1) freeze, but pays for it on every get and put (path copying, more nodes) and
-//! adds a dependency; the overlay costs nothing while no snapshot runs, which is nearly always.
+//! clone held a second copy of every node of the map.
 //!
-//! The session table is cloned by [`KvStateMachine::freeze`]: it is bounded (at most
-//! `max_sessions` sessions of `window` results, [`super::MAX_SESSION_BYTES`] of values, whose
-//! `Bytes` are shared, not copied), and it is small next to the data of a store large enough for
-//! the copy of its map to matter.
+//! Measured (debug build, this machine, 1,000,000 keys of 12 bytes with 16-byte values, 200,000
+//! operations each): cloning a `BTreeMap` of that shape (what the driver did before) 596 ms,
+//! freezing 3.5 µs; puts 0.86 s with no overlay and
+//! 1.9 s into an overlay (two extra lookups: the overlay and the base); gets 0.69 s and 0.53 s;
+//! folding the 200,000 overlay writes back 0.95 s on the next write. So the loop now pays for
+//! the writes made during a snapshot instead of for every key at every snapshot; a fold in
+//! bounded steps would spread even that. A persistent map crate (`imbl`) would give an O(1)
+//! freeze too, but copies a path of nodes on every put whether or not a snapshot runs, and adds
+//! a dependency; it was not measured, since the overlay costs nothing while no snapshot runs,
+//! which is nearly always.
+//!
+//! The session table is still cloned by [`KvStateMachine::freeze`]. It is bounded (at most
+//! `max_sessions` sessions of `window` results; values are shared `Bytes`, within
+//! [`super::MAX_SESSION_BYTES`]) and one session per client is usually far below that, but at the
+//! default limits a full table holds 1.28 million results, as many entries as the map measured
+//! above: freezing it the same way (or an `Arc` per session) is the next step if tables that
+//! full occur.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
