@@ -7,7 +7,8 @@
 //! leader stayed, and a sample of keys reads back from the reinstalled follower's own copy. Printed (`-- --nocapture`): bytes loaded, load time, each snapshot's size and times (time
 //! on the loop to freeze the view, and to write and fsync it, from the nodes' "snapshot written"
 //! log lines), the install time, and each follower's largest gap between two messages from its
-//! leader (`raftkv_leader_silence_max_seconds`).
+//! leader (`raftkv_leader_silence_max_seconds`), beside the number of slow storage batches
+//! (write + fsync, which the loop awaits) on each node.
 //!
 //! The gaps are printed, not asserted: a follower counts its own stalls too, and on a shared
 //! disk they are dominated by fsyncs the loop awaits (WAL batches queued behind three nodes'
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use process::{Cluster, ClusterOptions, wait_for};
-use raftkv_client::Consistency;
+use raftkv_client::{Client, ClientOptions, Consistency};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -134,7 +135,18 @@ async fn snapshots_of_200_mb_are_taken_and_installed_without_an_election() {
     );
 
     // Load: WRITERS tasks share the keys, each write one entry of 16 KiB.
-    let client = cluster.client().await;
+    // Long attempts: on a loaded machine a round of 64 x 64 KiB may take seconds to commit, and
+    // a retry after a short attempt timeout would only send the same 64 KiB again.
+    let client = Client::connect(
+        cluster.endpoints(),
+        ClientOptions {
+            timeout: LOAD_TIMEOUT,
+            attempt_timeout: Duration::from_secs(20),
+            ..process::test_client_options()
+        },
+    )
+    .await
+    .expect("client");
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..WRITERS {
@@ -169,14 +181,17 @@ async fn snapshots_of_200_mb_are_taken_and_installed_without_an_election() {
         cluster.wait_caught_up(f, LOAD_TIMEOUT).await;
     }
 
-    // Every node snapshotted several times while loading; wait for the last ones to be written.
+    // Every node snapshotted several times while loading: one every SNAPSHOT_ENTRIES entries,
+    // except that a threshold passed while the previous snapshot is still being written is
+    // taken at the next entry after it, so the last one may not come. Wait for the others.
+    let expected = KEYS as u64 / SNAPSHOT_ENTRIES - 1;
     for id in cluster.ids() {
         wait_for(
-            &format!("node {id} to write its snapshots"),
+            &format!("node {id} to write {expected} snapshots"),
             LOAD_TIMEOUT,
             async || {
                 let n = snapshots_written(&cluster, id).len();
-                (n as u64 >= KEYS as u64 / SNAPSHOT_ENTRIES).then_some(())
+                (n as u64 >= expected).then_some(())
             },
         )
         .await;
@@ -189,6 +204,22 @@ async fn snapshots_of_200_mb_are_taken_and_installed_without_an_election() {
                 .await
                 .expect("follower metrics"),
         );
+    }
+    // Slow fsyncs on each node's loop (it awaits them), to set beside the gaps.
+    let mut slow_fsyncs = BTreeMap::new();
+    for id in cluster.ids() {
+        let count = async |le: &str| {
+            metric(
+                &cluster,
+                id,
+                &format!("raftkv_fsync_duration_seconds_bucket{{le=\"{le}\"}}"),
+            )
+            .await
+            .expect("node metrics")
+        };
+        let (at_most_quarter, at_most_half, all) =
+            (count("0.25").await, count("0.5").await, count("+Inf").await);
+        slow_fsyncs.insert(id, (all - at_most_quarter, all - at_most_half, all));
     }
 
     // Install: one follower loses its volume and gets the whole state as one snapshot.
@@ -241,6 +272,11 @@ async fn snapshots_of_200_mb_are_taken_and_installed_without_an_election() {
     eprintln!(
         "[200mb] node {victim} wiped and restarted: caught up (snapshot received, decoded, installed) in {install_time:.2?}"
     );
+    for (id, (over_quarter, over_half, all)) in &slow_fsyncs {
+        eprintln!(
+            "[200mb] node {id}: {all} storage batches during the load, {over_quarter} took over 0.25 s, {over_half} over 0.5 s"
+        );
+    }
     for (f, gap) in &gaps {
         eprintln!("[200mb] node {f}: largest leader silence during the load: {gap:.3} s");
     }
