@@ -25,7 +25,9 @@
 //! - `rpc_errors_total{code}` (client API errors by gRPC code);
 //! - `snapshots_taken_total`, `snapshots_installed_total`, `snapshots_sent_total{result}`;
 //! - `read_lease_seconds` (on the leader: the lease it grants itself, bounded by the shortest
-//!   lease guard its voters report; 0 elsewhere).
+//!   lease guard its voters report; 0 elsewhere);
+//! - `leader_silence_max_seconds` (the longest a follower went without a message from its leader
+//!   within one term, since the node started).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -123,6 +125,8 @@ pub struct Metrics {
     snapshots_installed: Counter,
     snapshots_sent: Family<ResultLabel, Counter>,
     read_lease: F64Gauge,
+    leader_silence_max: F64Gauge,
+    leader_silence_max_nanos: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -226,6 +230,12 @@ impl Default for Metrics {
             "The read lease this leader grants itself (0 when not leading)",
             read_lease.clone(),
         );
+        let leader_silence_max = F64Gauge::default();
+        registry.register(
+            "leader_silence_max_seconds",
+            "Longest time this node went without a message from its leader within one term",
+            leader_silence_max.clone(),
+        );
         Self {
             registry,
             node_id,
@@ -245,6 +255,8 @@ impl Default for Metrics {
             snapshots_installed,
             snapshots_sent,
             read_lease,
+            leader_silence_max,
+            leader_silence_max_nanos: AtomicU64::new(0),
         }
     }
 }
@@ -321,6 +333,17 @@ impl Metrics {
     /// The read lease a leader grants itself (zero when not leading).
     pub fn set_read_lease(&self, lease: Duration) {
         self.read_lease.set(lease.as_secs_f64());
+    }
+
+    /// A follower went `gap` without a message from its leader (within one term); the gauge
+    /// keeps the longest.
+    pub fn leader_silence(&self, gap: Duration) {
+        let nanos = u64::try_from(gap.as_nanos()).unwrap_or(u64::MAX);
+        let longest = self
+            .leader_silence_max_nanos
+            .fetch_max(nanos, std::sync::atomic::Ordering::Relaxed)
+            .max(nanos);
+        self.leader_silence_max.set(longest as f64 / 1e9);
     }
 
     /// A local snapshot was taken.
@@ -472,6 +495,8 @@ mod tests {
         m.rpc_error(tonic::Code::Unavailable);
         m.snapshot_taken();
         m.snapshot_sent(false);
+        m.leader_silence(Duration::from_millis(250));
+        m.leader_silence(Duration::from_millis(100));
         let text = m.render();
         for line in [
             "# HELP raftkv_node_id This node's id.",
@@ -502,6 +527,7 @@ mod tests {
             "raftkv_snapshots_installed_total 0",
             "raftkv_snapshots_sent_total{result=\"ok\"} 0",
             "raftkv_snapshots_sent_total{result=\"failed\"} 1",
+            "raftkv_leader_silence_max_seconds 0.25",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -429,7 +429,7 @@ async fn start_in_span(
 
     // From here on, the services accept traffic.
     let _ = started.set(cluster_id.clone());
-    info!(id = cfg.id, %client_addr, %peer_addr, cluster_id = %cluster_id, "node started");
+    info!(id = cfg.id, %client_addr, %peer_addr, cluster_id = %cluster_id, metrics = ?metrics_addr, "node started");
     Ok(RunningNode {
         id: cfg.id,
         handle,

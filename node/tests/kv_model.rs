@@ -1,6 +1,9 @@
 //! The KV state machine against a plain `BTreeMap` model: random sequences of Put, Delete,
 //! CompareAndSwap, Get and paged Scan must give the same answers on both, and snapshotting and
-//! restoring at any point must not change a single answer after it.
+//! restoring at any point must not change a single answer after it. Frozen views (the snapshots
+//! the driver writes off its loop) start and finish at random points of the sequences: every
+//! answer must still match the model while writes go to the overlay, each view must snapshot to
+//! the state at its index, and the overlay must be folded back once the views are gone.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -8,8 +11,8 @@ use std::ops::Bound;
 use bytes::Bytes;
 use proptest::prelude::*;
 use raftkv_node::kv::{
-    ApplyResult, Command, GetResponse, KvStateMachine, Op, SCAN_DEFAULT_LIMIT, SCAN_MAX_BYTES,
-    SCAN_MAX_LIMIT, ScanItem, ScanResponse, SessionConfig, WriteResponse,
+    ApplyResult, Command, FrozenKv, GetResponse, KvStateMachine, Op, SCAN_DEFAULT_LIMIT,
+    SCAN_MAX_BYTES, SCAN_MAX_LIMIT, ScanItem, ScanResponse, SessionConfig, WriteResponse,
 };
 
 /// Which version a CompareAndSwap expects, resolved against the model when the step runs, so
@@ -340,6 +343,76 @@ proptest! {
     }
 }
 
+/// A step of a sequence with snapshots in it: an operation, a freeze (a snapshot starts) or the
+/// end of one of the running snapshots (picked by the index).
+#[derive(Clone, Debug)]
+enum Event {
+    Op(Step),
+    Freeze,
+    Finish(prop::sample::Index),
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        12 => step().prop_map(Event::Op),
+        1 => Just(Event::Freeze),
+        1 => any::<prop::sample::Index>().prop_map(Event::Finish),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `sm` is frozen at random points while `plain` never is: the answers match the model, each
+    /// view's snapshot is the bytes `plain` gave at the view's index, whenever the view is
+    /// written (views outlive many later writes, and several may be alive at once, which makes
+    /// the next freeze copy the base), and after the last view is gone the next write folds the
+    /// overlay back.
+    #[test]
+    fn frozen_views_snapshot_the_state_at_their_index(
+        events in prop::collection::vec(event(), 1..160),
+    ) {
+        let mut sm = KvStateMachine::new();
+        let mut plain = KvStateMachine::new();
+        let mut model = Model::default();
+        let mut model_plain = Model::default();
+        let (mut seq, mut seq_plain) = (0, 0);
+        let mut views: Vec<(FrozenKv, Vec<u8>)> = Vec::new();
+        for event in &events {
+            match event {
+                Event::Op(step) => {
+                    let answer = run(&mut sm, &mut model, &mut seq, step);
+                    let answer_plain = run(&mut plain, &mut model_plain, &mut seq_plain, step);
+                    prop_assert_eq!(answer, answer_plain);
+                    prop_assert_eq!(sm.len(), model.map.len());
+                    if views.is_empty() && matches!(step, Step::Put { .. } | Step::Delete { .. }) {
+                        prop_assert!(!sm.has_overlay(), "a write with no view alive folds the overlay");
+                    }
+                }
+                Event::Freeze => {
+                    let view = sm.freeze();
+                    prop_assert_eq!(view.applied_index(), plain.applied_index());
+                    views.push((view, plain.snapshot()));
+                }
+                Event::Finish(which) => {
+                    if !views.is_empty() {
+                        let (view, expected) = views.remove(which.index(views.len()));
+                        prop_assert_eq!(view.snapshot(), expected);
+                    }
+                }
+            }
+        }
+        for (view, expected) in views.drain(..) {
+            prop_assert_eq!(view.snapshot(), expected);
+        }
+        scan_all(&sm, &model, b"", b"", 1);
+        prop_assert_eq!(sm.snapshot(), plain.snapshot());
+        prop_assert_eq!(&sm, &plain);
+        let restored = KvStateMachine::restore(&sm.snapshot()).expect("restore own snapshot");
+        prop_assert_eq!(restored, plain);
+    }
+}
+
 /// Commands from several sessions with small seqs over a tiny session table: new writes, retries,
 /// reused seqs, seqs below the window, evictions and tombstones, all in one random mix.
 fn session_step() -> impl Strategy<Value = (u8, u64, u8, u8)> {
@@ -420,6 +493,44 @@ fn scan_stops_at_four_mebibytes_but_always_returns_one_item() {
     let page = big.scan(b"", b"", 10);
     assert_eq!(page.items.len(), 1);
     assert!(page.more);
+}
+
+/// The byte limit counts merged items: with a view alive, values written to the overlay and
+/// values left in the base share one 4 MiB page, tombstoned keys take none of it, and the
+/// resume key continues across both.
+#[test]
+fn scan_byte_limit_holds_across_base_and_overlay() {
+    let mut sm = KvStateMachine::new();
+    let mib = 1024 * 1024;
+    for (i, key) in [b"a", b"c", b"e"].iter().enumerate() {
+        sm.apply(i as u64 + 1, &put(*key, vec![7; mib]))
+            .expect("in order")
+            .expect("put");
+    }
+    let view = sm.freeze();
+    for (i, key) in [b"b", b"d", b"f"].iter().enumerate() {
+        sm.apply(i as u64 + 4, &put(*key, vec![8; mib]))
+            .expect("in order")
+            .expect("put");
+    }
+    let delete = Command::new(Op::Delete {
+        key: Bytes::from_static(b"c"),
+    });
+    sm.apply(7, &delete).expect("in order").expect("delete");
+    assert!(sm.has_overlay());
+    let page = sm.scan(b"", b"", 0);
+    let keys: Vec<&[u8]> = page.items.iter().map(|i| i.key.as_ref()).collect();
+    assert_eq!(keys, [b"a", b"b", b"d"]);
+    assert!(page.more);
+    let page = sm.scan(&page.resume_key().expect("more"), b"", 0);
+    let keys: Vec<&[u8]> = page.items.iter().map(|i| i.key.as_ref()).collect();
+    assert_eq!(keys, [b"e", b"f"]);
+    assert!(!page.more);
+    assert_eq!(sm.len(), 5);
+    // The view still holds the three keys of index 3.
+    let frozen = KvStateMachine::restore(&view.snapshot()).expect("restore the view");
+    assert_eq!(frozen.len(), 3);
+    assert_eq!(frozen.applied_index(), 3);
 }
 
 #[test]

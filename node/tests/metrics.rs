@@ -107,6 +107,12 @@ const CATALOGUE: &[(&str, &str, &str, &[&str])] = &[
         "The read lease this leader grants itself (0 when not leading).",
         &[],
     ),
+    (
+        "raftkv_leader_silence_max_seconds",
+        "gauge",
+        "Longest time this node went without a message from its leader within one term.",
+        &[],
+    ),
 ];
 
 /// One metric family as declared by its `# TYPE` and `# HELP` lines.

@@ -8,6 +8,8 @@
 //! Files:
 //! - `command`: [`Command`], the payload of a log entry, and its versioned binary encoding;
 //! - `state_machine`: [`KvStateMachine`] — apply, Get, Scan — and the response and error types;
+//! - `data`: the key map — a shared base plus, while a snapshot is written, an overlay of
+//!   changes — and [`FrozenKv`], the view a snapshot is written from off the event loop;
 //! - `session`: the client session table that makes retried writes exactly-once;
 //! - `snapshot`: checksummed, deterministic snapshots and their restore;
 //! - `codec`: varints, a bounds-checked reader and FNV-1a.
@@ -92,12 +94,14 @@
 
 mod codec;
 mod command;
+mod data;
 mod session;
 mod snapshot;
 mod state_machine;
 
 pub use codec::DecodeError;
 pub use command::{COMMAND_FORMAT_VERSION, Command, Op};
+pub use data::FrozenKv;
 pub use session::{MAX_CLIENT_ID_LEN, MAX_SESSION_BYTES, SessionConfig};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC, SnapshotError};
 pub use state_machine::{

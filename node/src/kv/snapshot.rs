@@ -193,40 +193,13 @@ impl KvStateMachine {
     /// Writes a snapshot of the whole state (see the format above) to `w`, buffered, ending with
     /// its checksum. The caller makes it durable (fsync) as its storage requires.
     pub fn write_snapshot<W: Write>(&self, w: W) -> io::Result<()> {
-        let mut w = ChecksumWriter::new(w);
-        w.raw(&SNAPSHOT_MAGIC)?;
-        w.raw(&[SNAPSHOT_FORMAT_VERSION])?;
-        w.varint(self.applied)?;
-        let config = self.sessions.config;
-        w.varint(config.window)?;
-        w.varint(config.max_sessions)?;
-        w.varint(config.max_tombstones)?;
-
-        w.varint(self.data.len() as u64)?;
-        for (key, stored) in &self.data {
-            w.bytes(key)?;
-            w.varint(stored.version)?;
-            w.bytes(&stored.value)?;
-        }
-
-        w.varint(self.sessions.sessions.len() as u64)?;
-        for (client_id, session) in &self.sessions.sessions {
-            w.bytes(client_id.as_bytes())?;
-            w.varint(session.last_used)?;
-            w.varint(session.results.len() as u64)?;
-            for (seq, recorded) in &session.results {
-                w.varint(*seq)?;
-                w.raw(&recorded.fingerprint.to_le_bytes())?;
-                write_response(&mut w, &recorded.response)?;
-            }
-        }
-
-        w.varint(self.sessions.tombstones.len() as u64)?;
-        for (client_id, evicted_at) in &self.sessions.tombstones {
-            w.bytes(client_id.as_bytes())?;
-            w.varint(*evicted_at)?;
-        }
-        w.finish().map(drop)
+        write_state(
+            w,
+            self.applied,
+            &self.sessions,
+            self.data.len(),
+            self.data.iter(),
+        )
     }
 
     /// The snapshot as one byte string.
@@ -289,7 +262,7 @@ impl KvStateMachine {
         r.finish()?;
         sessions.recount_bytes();
         Ok(Self {
-            data,
+            data: data.into(),
             sessions,
             applied,
             // Not replicated state: the driver plants it again after a restore.
@@ -297,6 +270,51 @@ impl KvStateMachine {
             no_dedup: false,
         })
     }
+}
+
+/// Writes a snapshot of `applied`, `sessions` and the `key_count` keys of `keys` (ascending) to
+/// `w`: the one encoder behind [`KvStateMachine::write_snapshot`] and the frozen view's.
+pub(super) fn write_state<'a, W: Write>(
+    w: W,
+    applied: Index,
+    sessions: &SessionTable,
+    key_count: usize,
+    keys: impl Iterator<Item = (&'a Bytes, &'a Stored)>,
+) -> io::Result<()> {
+    let mut w = ChecksumWriter::new(w);
+    w.raw(&SNAPSHOT_MAGIC)?;
+    w.raw(&[SNAPSHOT_FORMAT_VERSION])?;
+    w.varint(applied)?;
+    let config = sessions.config;
+    w.varint(config.window)?;
+    w.varint(config.max_sessions)?;
+    w.varint(config.max_tombstones)?;
+
+    w.varint(key_count as u64)?;
+    for (key, stored) in keys {
+        w.bytes(key)?;
+        w.varint(stored.version)?;
+        w.bytes(&stored.value)?;
+    }
+
+    w.varint(sessions.sessions.len() as u64)?;
+    for (client_id, session) in &sessions.sessions {
+        w.bytes(client_id.as_bytes())?;
+        w.varint(session.last_used)?;
+        w.varint(session.results.len() as u64)?;
+        for (seq, recorded) in &session.results {
+            w.varint(*seq)?;
+            w.raw(&recorded.fingerprint.to_le_bytes())?;
+            write_response(&mut w, &recorded.response)?;
+        }
+    }
+
+    w.varint(sessions.tombstones.len() as u64)?;
+    for (client_id, evicted_at) in &sessions.tombstones {
+        w.bytes(client_id.as_bytes())?;
+        w.varint(*evicted_at)?;
+    }
+    w.finish().map(drop)
 }
 
 fn read_data(r: &mut Reader<'_>, applied: Index) -> Result<BTreeMap<Bytes, Stored>, SnapshotError> {

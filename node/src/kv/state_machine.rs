@@ -1,13 +1,13 @@
 //! [`KvStateMachine`]: the ordered map the log is applied to, with reads and the results a write
 //! returns to its client.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
 use raftkv_raft::Index;
 
 use super::command::{Command, Op};
+use super::data::KvData;
 use super::session::{SessionConfig, SessionTable, Verdict};
 
 /// Scan items returned when the request's limit is 0.
@@ -205,7 +205,7 @@ pub(super) struct Stored {
 /// See the [module docs](super) for the rules.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStateMachine {
-    pub(super) data: BTreeMap<Bytes, Stored>,
+    pub(super) data: KvData,
     pub(super) sessions: SessionTable,
     pub(super) applied: Index,
     /// Planted bug `session-no-dedup`: retries are applied again.
@@ -230,7 +230,7 @@ impl KvStateMachine {
     /// retries are refused.
     pub fn with_config(config: SessionConfig) -> Self {
         Self {
-            data: BTreeMap::new(),
+            data: KvData::default(),
             sessions: SessionTable::new(config),
             applied: 0,
             #[cfg(feature = "planted-bugs")]
@@ -261,7 +261,7 @@ impl KvStateMachine {
 
     /// Whether there are no keys.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.data.len() == 0
     }
 
     /// The number of live client sessions.
@@ -374,14 +374,7 @@ impl KvStateMachine {
 
     fn store(&mut self, key: &Bytes, value: &Bytes, version: u64) {
         let value = Bytes::copy_from_slice(value);
-        match self.data.get_mut(key.as_ref()) {
-            // Reuse the stored key: it already has a buffer of its own.
-            Some(stored) => *stored = Stored { value, version },
-            None => {
-                self.data
-                    .insert(Bytes::copy_from_slice(key), Stored { value, version });
-            }
-        }
+        self.data.put(key, Stored { value, version });
     }
 
     /// Reads one key.
@@ -420,7 +413,7 @@ impl KvStateMachine {
         };
         let mut items = Vec::new();
         let mut bytes = 0usize;
-        for (key, stored) in self.data.range::<[u8], _>((Bound::Included(start), upper)) {
+        for (key, stored) in self.data.range((Bound::Included(start), upper)) {
             let size = key.len() + stored.value.len();
             if items.len() == limit || (!items.is_empty() && bytes + size > SCAN_MAX_BYTES) {
                 // This key is in range but not in the response.
