@@ -781,13 +781,25 @@ async fn assert_acked_present(
         .await
         .expect("client");
     for i in &acked {
-        let got = reader
-            .get(
-                format!("{scenario}-k{i}"),
-                raftkv_client::Consistency::Linearizable,
-            )
-            .await
-            .expect("read");
+        // A read that times out (an election, a loaded machine) says nothing about the data:
+        // it is retried, within a generous deadline.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let got = loop {
+            match reader
+                .get(
+                    format!("{scenario}-k{i}"),
+                    raftkv_client::Consistency::Linearizable,
+                )
+                .await
+            {
+                Ok(got) => break got,
+                Err(e) if Instant::now() < deadline => {
+                    println!("{scenario}: reading {scenario}-k{i} again after: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{scenario}: cannot read {scenario}-k{i} back: {e}"),
+            }
+        };
         assert_eq!(
             got.map(|v| v.value),
             Some(format!("v{i}").into()),
