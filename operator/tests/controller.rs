@@ -821,3 +821,111 @@ async fn time_with_a_wrong_leader_label_is_measured() {
     let seconds = metric(&ctx);
     assert!((0.05..10.0).contains(&seconds), "{seconds}");
 }
+
+fn list_claims(items: Vec<Value>) -> Expect {
+    Expect {
+        method: "GET",
+        uri: "/api/v1/namespaces/ns/persistentvolumeclaims?&labelSelector=app.kubernetes.io%2Finstance%3Ddemo%2Capp.kubernetes.io%2Fname%3Draftkv".into(),
+        code: 200,
+        answer: Answer::Json(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": items})),
+    }
+}
+
+/// A bound claim asking for `size`.
+fn claim(name: &str, size: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "ns",
+                     "labels": {"app.kubernetes.io/name": "raftkv", "app.kubernetes.io/instance": "demo"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+        "status": {"phase": "Bound", "capacity": {"storage": size}}
+    })
+}
+
+#[tokio::test]
+async fn storage_growth_expands_every_smaller_claim_once_and_reports_it() {
+    let pods = vec![
+        pod(0, Some("leader")),
+        pod(1, Some("follower")),
+        pod(2, Some("follower")),
+    ];
+    let mut k = kvc(3, initialized());
+    k.spec.storage.size = "2Gi".into();
+    // demo-1's claim was grown already (in other units); data-demo-3 is retained from a
+    // scale-down and grows too, so that it fits if the set grows again.
+    let claims = vec![
+        claim("data-demo-0", "1Gi"),
+        claim("data-demo-1", "2048Mi"),
+        claim("data-demo-2", "1Gi"),
+        claim("data-demo-3", "1Gi"),
+    ];
+    let (ctx, handle) = context(healthy_nodes(3, 0, 2));
+    let mut expected = vec![
+        get_statefulset(statefulset(3), 200),
+        list_pods(pods.clone()),
+    ];
+    expected.extend(apply_owned());
+    expected.push(list_claims(claims));
+    for name in ["data-demo-0", "data-demo-2", "data-demo-3"] {
+        expected.push(apply(&format!(
+            "/api/v1/namespaces/ns/persistentvolumeclaims/{name}"
+        )));
+    }
+    expected.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, expected));
+    reconcile(Arc::new(k.clone()), ctx.clone())
+        .await
+        .expect("reconciles");
+    let bodies = server.await.expect("verifier");
+    // The StatefulSet keeps its (immutable) claim template.
+    assert_eq!(
+        bodies[7]["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "1Gi"
+    );
+    // Exactly the storage request, nothing else of the claim.
+    for (i, name) in [(9, "data-demo-0"), (10, "data-demo-2"), (11, "data-demo-3")] {
+        assert_eq!(
+            bodies[i],
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": name, "namespace": "ns"},
+                   "spec": {"resources": {"requests": {"storage": "2Gi"}}}})
+        );
+    }
+    let note = "expanding the volume claims data-demo-0, data-demo-2, data-demo-3 to 2Gi";
+    assert_eq!(bodies[12]["reason"], "ExpandVolumes");
+    assert_eq!(bodies[12]["type"], "Normal");
+    assert_eq!(bodies[12]["note"], note);
+    let status = &bodies[13]["status"];
+    assert_eq!(status["phase"], "Available");
+    assert!(
+        status["currentAction"]
+            .as_str()
+            .is_some_and(|a| a.starts_with(note)),
+        "{status}"
+    );
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("raftkv_operator_actions_total{kind=\"ExpandVolumes\"} 1")
+    );
+
+    // Once every claim asks for the new size: a list, no patch, no Event.
+    let written: KvClusterStatus = serde_json::from_value(status.clone()).expect("status");
+    k.status = Some(written);
+    let (ctx, handle) = context(healthy_nodes(3, 0, 2));
+    let mut expected = vec![get_statefulset(statefulset(3), 200), list_pods(pods)];
+    expected.extend(apply_owned());
+    expected.push(list_claims(
+        (0..4)
+            .map(|i| claim(&format!("data-demo-{i}"), "2Gi"))
+            .collect(),
+    ));
+    expected.push(status_patch());
+    let server = tokio::spawn(serve(handle, expected));
+    reconcile(Arc::new(k), ctx).await.expect("reconciles");
+    let bodies = server.await.expect("verifier");
+    assert_eq!(
+        bodies[9]["status"]["currentAction"],
+        "3 members, demo-0 leads"
+    );
+}
