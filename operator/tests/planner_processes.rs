@@ -20,7 +20,7 @@
 //! from the target directory of this test executable and built there with `$CARGO build -p
 //! raftkv-node --bin kvnode` if missing. Set `PLANNER_TRACE=1` to print every plan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -118,6 +118,10 @@ struct FakeStatefulSet {
     replicas: usize,
     /// When each pod was first seen ready since its last start (the kubelet's Ready transition).
     ready_since: Mutex<BTreeMap<usize, Instant>>,
+    /// The pods seen leading (their own Status) since their last start.
+    led: Mutex<BTreeSet<usize>>,
+    /// How many pods that had led were stopped, each checked to no longer lead.
+    former_leaders_stopped: usize,
     update_revision: String,
     /// The arguments the operator's StatefulSet gives every pod.
     operator_args: Vec<String>,
@@ -169,6 +173,8 @@ impl FakeStatefulSet {
             slots,
             replicas: size,
             ready_since: Mutex::default(),
+            led: Mutex::default(),
+            former_leaders_stopped: 0,
             update_revision: "r1".into(),
             operator_args: node_args(&cluster),
             peers,
@@ -286,14 +292,36 @@ impl FakeStatefulSet {
         let Some(mut child) = self.slots[ordinal].process.take() else {
             return;
         };
-        let now = GrpcNodes::default().status(&client).await;
-        if let Ok(s) = &now {
-            assert_ne!(
+        // A pod that led must answer (a loaded machine gets a few seconds) and not lead now.
+        let had_led = self
+            .led
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ordinal);
+        let asked = Instant::now();
+        let now = loop {
+            match GrpcNodes::default().status(&client).await {
+                Err(e) if had_led && asked.elapsed() < Duration::from_secs(10) => {
+                    println!("demo-{ordinal} (a former leader) did not answer: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other,
+            }
+        };
+        match &now {
+            Ok(s) => assert_ne!(
                 node_status(s).role,
                 NodeRole::Leader,
                 "demo-{ordinal} leads at term {} while its process is stopped",
                 s.term
-            );
+            ),
+            Err(e) => assert!(
+                !had_led,
+                "demo-{ordinal} led, and its status is unknown as it is stopped: {e}"
+            ),
+        }
+        if had_led {
+            self.former_leaders_stopped += 1;
         }
         let pid = i32::try_from(child.id()).expect("pid");
         kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
@@ -348,6 +376,12 @@ impl FakeStatefulSet {
                 .await
                 .ok()
                 .map(|r| node_status(&r));
+            if status.as_ref().is_some_and(|s| s.role == NodeRole::Leader) {
+                self.led
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(ordinal);
+            }
             let ready = status
                 .as_ref()
                 .is_some_and(|s| s.leader_id != 0 && s.members.iter().any(|m| m.id == s.node_id));
@@ -891,6 +925,10 @@ async fn replaces_every_pod_leader_last_and_shrinks_5_to_3_under_load() {
         .rposition(|l| l.starts_with("replaced"))
         .expect("replaced");
     assert!(transfer < last_replace, "{log:?}");
+    assert!(
+        set.former_leaders_stopped >= 1,
+        "the first leader was stopped, and checked not to lead"
+    );
     load.check(&set, started).await;
 
     log.clear();
