@@ -10,6 +10,10 @@
 #   must move and every acknowledged write must be readable afterwards); scales 3 -> 5 -> 3;
 #   rolls an image change; deletes the cluster and uninstalls, checking that only the claims the
 #   retention policy keeps are left.
+# Not covered here: growing spec.storage.size (kind's default StorageClass, local-path, does not
+# allow volume expansion, so the operator's claim patch would be refused) and a removed member
+# back on a retained volume (the example scales with whenScaled: Delete); both are covered by
+# `cargo test -p raftkv-operator` (tests/controller.rs, tests/planner_processes.rs).
 # KEEP_CLUSTER=1 keeps the kind cluster afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,8 @@
 //! - **Plan:** [`planner::plan`], pure.
 //! - **Act:** leader labels first, in the planner's order (removal before addition), stopping at
 //!   the first failure; then the owned objects by server-side apply with one field manager
-//!   ([`FIELD_MANAGER`]); then the one action, announced by an Event.
+//!   ([`FIELD_MANAGER`]); then the members' volume claims, grown to `spec.storage.size` when it
+//!   grew (announced by an Event); then the one action, announced by an Event.
 //! - **Report:** the status, by server-side apply on the status subresource, skipped when nothing
 //!   changed (so that writing it does not wake the next reconcile for nothing).
 //!
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
@@ -213,21 +214,33 @@ async fn reconcile_inner<N: NodeApi>(kvc: &KvCluster, ctx: &Context<N>) -> Resul
         Err(_) if matches!(plan.action, Action::InitializeStatus { .. }) => None,
         Err(e) => return Err(Error::Invalid(e)),
     };
+    let mut expanding = None;
     if let (Some(cluster), Some(replicas)) = (&cluster, plan.statefulset_replicas) {
         apply_owned(ctx, cluster, replicas, statefulset.as_ref()).await?;
+        expanding = expand_claims(ctx, cluster, statefulset.as_ref()).await?;
+    }
+    if let Some(note) = &expanding {
+        publish(ctx, kvc, EventType::Normal, EXPAND_VOLUMES, note.clone()).await;
     }
     if plan.action != Action::None {
         act(ctx, kvc, &name, &ns, &observed, &plan).await?;
     }
 
     // Report.
-    let new_status = status::build(
+    let mut new_status = status::build(
         kvc,
         &observed,
         &plan,
         format!("{INSTANCE_LABEL}={name},app.kubernetes.io/name=raftkv"),
         now,
     );
+    if let Some(note) = expanding {
+        new_status.current_action = Some(if plan.message.is_empty() {
+            note
+        } else {
+            format!("{note}; {}", plan.message)
+        });
+    }
     if kvc.status.as_ref() != Some(&new_status) {
         patch_status(ctx, &name, &ns, &new_status).await?;
     }
@@ -238,7 +251,7 @@ async fn reconcile_inner<N: NodeApi>(kvc: &KvCluster, ctx: &Context<N>) -> Resul
 ///
 /// A StatefulSet's claim templates are immutable, so an existing StatefulSet keeps the ones it
 /// was created with: growing `spec.storage.size` (which the CRD allows) must not make every
-/// apply fail. Expanding the existing claims is not implemented yet.
+/// apply fail. The claims themselves grow in [`expand_claims`].
 async fn apply_owned<N: NodeApi>(
     ctx: &Context<N>,
     c: &Cluster,
@@ -287,6 +300,97 @@ async fn apply_owned<N: NodeApi>(
         )
         .await?;
     Ok(())
+}
+
+/// The Event reason and metrics kind of a volume expansion.
+const EXPAND_VOLUMES: &str = "ExpandVolumes";
+
+/// Grows the members' claims to `spec.storage.size` once it is larger than the StatefulSet's
+/// claim template (which is immutable, so it keeps the size of creation): lists the cluster's
+/// claims and applies the new storage request to each one that asks for less, including claims
+/// created later from the old template (a scale-up) and retained ones. The StorageClass must
+/// allow expansion (`allowVolumeExpansion: true`), or the API server refuses the patch and the
+/// reconcile fails and backs off with that error. Returns the sentence to report, if any claim
+/// was patched. No request at all while the size never grew.
+async fn expand_claims<N: NodeApi>(
+    ctx: &Context<N>,
+    c: &Cluster,
+    existing: Option<&StatefulSet>,
+) -> Result<Option<String>, Error> {
+    let template_size = existing
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .and_then(|t| {
+            t.iter()
+                .find(|t| t.metadata.name.as_deref() == Some(resources::DATA_VOLUME))
+        })
+        .and_then(|t| t.spec.as_ref()?.resources.as_ref()?.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .and_then(|q| resources::quantity_bytes(&q.0));
+    let desired = resources::quantity_bytes(&c.spec.storage.size).ok_or_else(|| {
+        Error::Invalid(format!(
+            "spec.storage.size {:?} is not a quantity",
+            c.spec.storage.size
+        ))
+    })?;
+    if template_size.is_none_or(|t| t >= desired) {
+        return Ok(None);
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &c.namespace);
+    let listed = claims
+        .list(&ListParams::default().labels(&c.selector_string()))
+        .await?
+        .items;
+    let mut grown = vec![];
+    for claim in listed {
+        let name = claim.name_any();
+        let requested = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage"))
+            .and_then(|q| resources::quantity_bytes(&q.0));
+        if !resources::is_member_claim(c, &name) || requested.is_some_and(|r| r >= desired) {
+            continue;
+        }
+        claims
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&resources::claim_expansion(c, &name)),
+            )
+            .await?;
+        grown.push(name);
+    }
+    if grown.is_empty() {
+        return Ok(None);
+    }
+    ctx.metrics.action(EXPAND_VOLUMES);
+    Ok(Some(format!(
+        "expanding the volume claims {} to {}",
+        grown.join(", "),
+        c.spec.storage.size
+    )))
+}
+
+/// Publishes an Event about the KvCluster; a failure to publish is logged, not fatal.
+async fn publish<N: NodeApi>(
+    ctx: &Context<N>,
+    kvc: &KvCluster,
+    type_: EventType,
+    kind: &str,
+    note: String,
+) {
+    info!(action = kind, "{note}");
+    let event = Event {
+        type_,
+        reason: kind.to_string(),
+        note: Some(note),
+        action: kind.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
+        warn!("cannot publish event: {e}");
+    }
 }
 
 /// Carries out the plan's action (objects were applied before), with an Event.
@@ -349,17 +453,7 @@ async fn act<N: NodeApi>(
         Err(e) => (EventType::Warning, format!("{}: failed: {e}", plan.message)),
     };
     ctx.metrics.action(kind);
-    info!(action = kind, "{note}");
-    let event = Event {
-        type_,
-        reason: kind.to_string(),
-        note: Some(note),
-        action: kind.to_string(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &kvc.object_ref(&())).await {
-        warn!("cannot publish event: {e}");
-    }
+    publish(ctx, kvc, type_, kind, note).await;
     result
 }
 

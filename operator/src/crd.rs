@@ -184,7 +184,8 @@ impl ImagePullPolicy {
 ]))]
 pub struct StorageSpec {
     /// Size of each member's volume, a Kubernetes quantity such as `1Gi`. It can grow but never
-    /// shrink.
+    /// shrink; growing it expands every member's claim, which the StorageClass must allow
+    /// (`allowVolumeExpansion: true`).
     #[schemars(
         length(min = 1, max = 64),
         regex(

@@ -481,15 +481,33 @@ pub fn plan(o: &Observed) -> Plan {
         return p;
     }
 
-    // 7. Pods that wait to be added, within the desired size.
+    // 7. Pods that wait to be added, within the desired size. Besides a new pod (waiting to be
+    // added), this is a pod back on the retained volume of a member that was removed (scaled
+    // down and up again with `whenScaled: Retain`): its id is no longer in the configuration,
+    // and it reports the state its own log leaves it in, often still a voter, since a removed
+    // member is not told that its removal committed. Raft lets it rejoin with that state: the
+    // leader's AppendEntries truncate whatever its log has beyond the leader's, and it applies
+    // its removal and the new AddLearner entry like any follower. Until then it cannot disrupt
+    // the members (they ignore its pre-votes while they hear from the leader), so it is added
+    // back as a learner like a new pod, and promoted once caught up.
+    let cluster_id = o
+        .pods
+        .iter()
+        .find(|pod| pod.name == leader.pod)
+        .and_then(|pod| pod.status.as_ref())
+        .map(|s| s.cluster_id.as_str());
     if let Some(pod) = o.pods.iter().find(|pod| {
         i64::from(pod.ordinal) < i64::from(m.min(n))
             && !pod.terminating
             && in_config(pod.node_id()).is_none()
-            && pod
-                .status
-                .as_ref()
-                .is_some_and(|s| s.member_state == MemberState::WaitingToBeAdded)
+            && pod.status.as_ref().is_some_and(|s| match s.member_state {
+                MemberState::WaitingToBeAdded => true,
+                MemberState::Removed
+                | MemberState::Voter
+                | MemberState::Learner
+                | MemberState::CatchingUp => Some(s.cluster_id.as_str()) == cluster_id,
+                MemberState::Loading | MemberState::Fresh | MemberState::Unknown => false,
+            })
     }) {
         p.action = Action::AddLearner {
             node_id: pod.node_id(),

@@ -347,6 +347,75 @@ pub fn node_args(c: &Cluster) -> Vec<String> {
     ]
 }
 
+/// The name of member `ordinal`'s claim, as the StatefulSet controller names it
+/// (`<template>-<statefulset>-<ordinal>`), e.g. `data-demo-2`.
+pub fn claim_name(c: &Cluster, ordinal: u32) -> String {
+    format!("{DATA_VOLUME}-{}-{ordinal}", c.statefulset_name())
+}
+
+/// Whether `name` is one of this cluster's member claims (any ordinal, retained ones included).
+pub fn is_member_claim(c: &Cluster, name: &str) -> bool {
+    name.strip_prefix(&format!("{DATA_VOLUME}-{}-", c.statefulset_name()))
+        .is_some_and(|ordinal| ordinal.parse::<u32>().is_ok())
+}
+
+/// The server-side apply body that grows claim `name` to `spec.storage.size`: only the storage
+/// request, the one field of a bound claim that may change (upwards, if its StorageClass allows
+/// expansion).
+pub fn claim_expansion(c: &Cluster, name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": c.namespace},
+        "spec": {"resources": {"requests": {"storage": c.spec.storage.size}}},
+    })
+}
+
+/// The value of a Kubernetes quantity in bytes, fractions of a byte rounded up; `None` if it
+/// is not a quantity (or is negative or beyond `u128`). Compares storage sizes written in
+/// different units (`1Gi` and `1024Mi` are equal), which the strings themselves cannot.
+pub fn quantity_bytes(q: &str) -> Option<u128> {
+    let q = q.trim();
+    let q = q.strip_prefix('+').unwrap_or(q);
+    let split = q
+        .find(|ch: char| !(ch.is_ascii_digit() || ch == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let digits: u128 = format!("{int}{frac}").parse().ok()?;
+    let (pow2, pow10): (u32, i64) = match suffix {
+        "" => (0, 0),
+        "Ki" => (10, 0),
+        "Mi" => (20, 0),
+        "Gi" => (30, 0),
+        "Ti" => (40, 0),
+        "Pi" => (50, 0),
+        "Ei" => (60, 0),
+        "n" => (0, -9),
+        "u" => (0, -6),
+        "m" => (0, -3),
+        "k" => (0, 3),
+        "M" => (0, 6),
+        "G" => (0, 9),
+        "T" => (0, 12),
+        "P" => (0, 15),
+        "E" => (0, 18),
+        e if e.starts_with(['e', 'E']) => (0, e[1..].parse().ok()?),
+        _ => return None,
+    };
+    let pow10 = pow10 - i64::try_from(frac.len()).ok()?;
+    let value = digits.checked_mul(1u128.checked_shl(pow2)?)?;
+    let scale = 10u128.checked_pow(u32::try_from(pow10.unsigned_abs()).ok()?)?;
+    if pow10 >= 0 {
+        value.checked_mul(scale)
+    } else {
+        Some(value.div_ceil(scale))
+    }
+}
+
 /// The default scheduling: prefer one member per node, so that losing a node costs one member.
 /// Preferred rather than required, so that a small cluster (kind, a laptop) still schedules.
 pub fn default_affinity(c: &Cluster) -> Affinity {
@@ -541,6 +610,29 @@ pub struct OwnedObjects {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quantities_compare_across_units() {
+        use super::quantity_bytes as q;
+        assert_eq!(q("1Gi"), Some(1 << 30));
+        assert_eq!(q("1024Mi"), q("1Gi"));
+        assert_eq!(q("1.5Gi"), Some(3 << 29));
+        assert_eq!(q("2G"), Some(2_000_000_000));
+        assert_eq!(q("1e3"), Some(1000));
+        assert_eq!(q("+10"), Some(10));
+        assert_eq!(q("1500m"), Some(2), "a fraction of a byte rounds up");
+        assert!(q("2Gi") > q("1999Mi"));
+        for bad in [
+            "",
+            "Gi",
+            "-1Gi",
+            "1Xi",
+            "1e",
+            "99999999999999999999999999999999999999999Ei",
+        ] {
+            assert_eq!(q(bad), None, "{bad:?}");
+        }
+    }
+
     use super::*;
     use crate::crd::{ImagePullPolicy, RetentionPolicy, StorageSpec, Tuning, VolumeRetention};
 

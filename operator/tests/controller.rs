@@ -116,6 +116,14 @@ fn initialized() -> Option<KvClusterStatus> {
     })
 }
 
+/// The start of a reconcile of an existing StatefulSet: its read, the pods' list, and the
+/// applies of every owned object.
+fn reads_and_applies(statefulset: Answer, pods: Vec<Value>) -> Vec<Expect> {
+    let mut expected = vec![get_statefulset(statefulset, 200), list_pods(pods)];
+    expected.extend(apply_owned());
+    expected
+}
+
 /// One expected request: method, path and query, and the answer.
 struct Expect {
     method: &'static str,
@@ -337,6 +345,14 @@ fn pod(ordinal: u32, role_label: Option<&str>) -> Value {
     })
 }
 
+/// Pods `demo-0` .. `demo-<n-1>`, labelled with `demo-<leader>` as the leader and the others
+/// as followers.
+fn labelled_pods(n: u32, leader: u32) -> Vec<Value> {
+    (0..n)
+        .map(|o| pod(o, Some(if o == leader { "leader" } else { "follower" })))
+        .collect()
+}
+
 fn statefulset(replicas: i32) -> Answer {
     statefulset_at(replicas, "demo-r1")
 }
@@ -458,17 +474,9 @@ async fn create_first_freezes_initial_replicas_then_applies_every_object() {
 
 #[tokio::test]
 async fn status_update_reports_the_cluster_and_is_skipped_when_unchanged() {
-    let pods = vec![
-        pod(0, Some("leader")),
-        pod(1, Some("follower")),
-        pod(2, Some("follower")),
-    ];
+    let pods = labelled_pods(3, 0);
     let (ctx, handle) = context(healthy_nodes(3, 0, 2));
-    let mut expected = vec![
-        get_statefulset(statefulset(3), 200),
-        list_pods(pods.clone()),
-    ];
-    expected.extend(apply_owned());
+    let mut expected = reads_and_applies(statefulset(3), pods.clone());
     expected.push(status_patch());
     let server = tokio::spawn(serve(handle, expected));
     reconcile(Arc::new(kvc(3, initialized())), ctx)
@@ -505,8 +513,7 @@ async fn status_update_reports_the_cluster_and_is_skipped_when_unchanged() {
     // The same observation again: no status write.
     let written: KvClusterStatus = serde_json::from_value(status.clone()).expect("status");
     let (ctx, handle) = context(healthy_nodes(3, 0, 2));
-    let mut expected = vec![get_statefulset(statefulset(3), 200), list_pods(pods)];
-    expected.extend(apply_owned());
+    let expected = reads_and_applies(statefulset(3), pods);
     let server = tokio::spawn(serve(handle, expected));
     reconcile(Arc::new(kvc(3, Some(written))), ctx)
         .await
@@ -516,14 +523,9 @@ async fn status_update_reports_the_cluster_and_is_skipped_when_unchanged() {
 
 #[tokio::test]
 async fn scale_up_grows_the_statefulset_by_one() {
-    let pods = vec![
-        pod(0, Some("leader")),
-        pod(1, Some("follower")),
-        pod(2, Some("follower")),
-    ];
+    let pods = labelled_pods(3, 0);
     let (ctx, handle) = context(healthy_nodes(3, 0, 2));
-    let mut expected = vec![get_statefulset(statefulset(3), 200), list_pods(pods)];
-    expected.extend(apply_owned());
+    let mut expected = reads_and_applies(statefulset(3), pods);
     expected.extend([event(), status_patch()]);
     let server = tokio::spawn(serve(handle, expected));
     reconcile(Arc::new(kvc(5, initialized())), ctx.clone())
@@ -567,8 +569,7 @@ async fn scale_up_adds_the_waiting_pod_as_a_learner_through_the_leader() {
         },
     );
     let (ctx, handle) = context(nodes);
-    let mut expected = vec![get_statefulset(statefulset(4), 200), list_pods(pods)];
-    expected.extend(apply_owned());
+    let mut expected = reads_and_applies(statefulset(4), pods);
     expected.extend([event(), status_patch()]);
     let server = tokio::spawn(serve(handle, expected));
     reconcile(Arc::new(kvc(5, initialized())), ctx.clone())
@@ -587,11 +588,7 @@ async fn scale_up_adds_the_waiting_pod_as_a_learner_through_the_leader() {
 #[tokio::test]
 async fn leader_relabel_removes_the_old_label_before_adding_the_new_one() {
     // demo-1 won term 3; demo-0 still carries the leader label.
-    let pods = vec![
-        pod(0, Some("leader")),
-        pod(1, Some("follower")),
-        pod(2, Some("follower")),
-    ];
+    let pods = labelled_pods(3, 0);
     let (ctx, handle) = context(healthy_nodes(3, 1, 3));
     let mut expected = vec![
         get_statefulset(statefulset(3), 200),
@@ -663,18 +660,13 @@ async fn leader_relabel_removes_the_old_label_before_adding_the_new_one() {
 #[tokio::test]
 async fn quorum_lost_changes_nothing_but_status() {
     // Two of three voters are down and the user asks for 5: no scale, no event.
-    let pods = vec![
-        pod(0, Some("leader")),
-        pod(1, Some("follower")),
-        pod(2, Some("follower")),
-    ];
+    let pods = labelled_pods(3, 0);
     let mut nodes = healthy_nodes(3, 0, 2);
     for s in nodes.statuses.values_mut() {
         s.members = vec![member(1, true), member(2, false), member(3, false)];
     }
     let (ctx, handle) = context(nodes);
-    let mut expected = vec![get_statefulset(statefulset(3), 200), list_pods(pods)];
-    expected.extend(apply_owned());
+    let mut expected = reads_and_applies(statefulset(3), pods);
     expected.push(status_patch());
     let server = tokio::spawn(serve(handle, expected));
     reconcile(Arc::new(kvc(5, initialized())), ctx)
@@ -716,17 +708,9 @@ async fn backoff_doubles_up_to_the_cap() {
 async fn image_change_deletes_one_follower_pod() {
     // Every pod is at demo-r1 and the StatefulSet's update revision is demo-r2: the highest
     // follower goes first, with an Event; nothing else is deleted.
-    let pods = vec![
-        pod(0, Some("leader")),
-        pod(1, Some("follower")),
-        pod(2, Some("follower")),
-    ];
+    let pods = labelled_pods(3, 0);
     let (ctx, handle) = context(healthy_nodes(3, 0, 2));
-    let mut expected = vec![
-        get_statefulset(statefulset_at(3, "demo-r2"), 200),
-        list_pods(pods),
-    ];
-    expected.extend(apply_owned());
+    let mut expected = reads_and_applies(statefulset_at(3, "demo-r2"), pods);
     expected.push(Expect {
         method: "DELETE",
         uri: "/api/v1/namespaces/ns/pods/demo-2?".into(),
@@ -747,11 +731,7 @@ async fn image_change_deletes_one_follower_pod() {
 #[tokio::test]
 async fn paused_applies_nothing_and_says_so() {
     // Work to do (scale to 5, a new revision), but paused: only the status is written.
-    let pods = vec![
-        pod(0, Some("leader")),
-        pod(1, Some("follower")),
-        pod(2, Some("follower")),
-    ];
+    let pods = labelled_pods(3, 0);
     let (ctx, handle) = context(healthy_nodes(3, 0, 2));
     let server = tokio::spawn(serve(
         handle,
@@ -783,11 +763,7 @@ async fn time_with_a_wrong_leader_label_is_measured() {
         pod(1, Some("follower")),
         pod(2, Some("follower")),
     ];
-    let right = vec![
-        pod(0, Some("follower")),
-        pod(1, Some("leader")),
-        pod(2, Some("follower")),
-    ];
+    let right = labelled_pods(3, 1);
     let (ctx, handle) = context(healthy_nodes(3, 1, 3));
     let mut expected = vec![
         get_statefulset(statefulset(3), 200),
@@ -797,8 +773,7 @@ async fn time_with_a_wrong_leader_label_is_measured() {
     ];
     expected.extend(apply_owned());
     expected.push(status_patch());
-    expected.extend([get_statefulset(statefulset(3), 200), list_pods(right)]);
-    expected.extend(apply_owned());
+    expected.extend(reads_and_applies(statefulset(3), right));
     expected.push(status_patch());
     let server = tokio::spawn(serve(handle, expected));
     let metric = |ctx: &Context<FakeNodes>| {
@@ -820,4 +795,103 @@ async fn time_with_a_wrong_leader_label_is_measured() {
     server.await.expect("verifier");
     let seconds = metric(&ctx);
     assert!((0.05..10.0).contains(&seconds), "{seconds}");
+}
+
+fn list_claims(items: Vec<Value>) -> Expect {
+    Expect {
+        method: "GET",
+        uri: "/api/v1/namespaces/ns/persistentvolumeclaims?&labelSelector=app.kubernetes.io%2Finstance%3Ddemo%2Capp.kubernetes.io%2Fname%3Draftkv".into(),
+        code: 200,
+        answer: Answer::Json(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": items})),
+    }
+}
+
+/// A bound claim asking for `size`.
+fn claim(name: &str, size: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "ns",
+                     "labels": {"app.kubernetes.io/name": "raftkv", "app.kubernetes.io/instance": "demo"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+        "status": {"phase": "Bound", "capacity": {"storage": size}}
+    })
+}
+
+#[tokio::test]
+async fn storage_growth_expands_every_smaller_claim_once_and_reports_it() {
+    let pods = labelled_pods(3, 0);
+    let mut k = kvc(3, initialized());
+    k.spec.storage.size = "2Gi".into();
+    // demo-1's claim was grown already (in other units); data-demo-3 is retained from a
+    // scale-down and grows too, so that it fits if the set grows again.
+    let claims = vec![
+        claim("data-demo-0", "1Gi"),
+        claim("data-demo-1", "2048Mi"),
+        claim("data-demo-2", "1Gi"),
+        claim("data-demo-3", "1Gi"),
+    ];
+    let (ctx, handle) = context(healthy_nodes(3, 0, 2));
+    let mut expected = reads_and_applies(statefulset(3), pods.clone());
+    expected.push(list_claims(claims));
+    for name in ["data-demo-0", "data-demo-2", "data-demo-3"] {
+        expected.push(apply(&format!(
+            "/api/v1/namespaces/ns/persistentvolumeclaims/{name}"
+        )));
+    }
+    expected.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, expected));
+    reconcile(Arc::new(k.clone()), ctx.clone())
+        .await
+        .expect("reconciles");
+    let bodies = server.await.expect("verifier");
+    // The StatefulSet keeps its (immutable) claim template.
+    assert_eq!(
+        bodies[7]["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "1Gi"
+    );
+    // Exactly the storage request, nothing else of the claim.
+    for (i, name) in [(9, "data-demo-0"), (10, "data-demo-2"), (11, "data-demo-3")] {
+        assert_eq!(
+            bodies[i],
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": name, "namespace": "ns"},
+                   "spec": {"resources": {"requests": {"storage": "2Gi"}}}})
+        );
+    }
+    let note = "expanding the volume claims data-demo-0, data-demo-2, data-demo-3 to 2Gi";
+    assert_eq!(bodies[12]["reason"], "ExpandVolumes");
+    assert_eq!(bodies[12]["type"], "Normal");
+    assert_eq!(bodies[12]["note"], note);
+    let status = &bodies[13]["status"];
+    assert_eq!(status["phase"], "Available");
+    assert!(
+        status["currentAction"]
+            .as_str()
+            .is_some_and(|a| a.starts_with(note)),
+        "{status}"
+    );
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("raftkv_operator_actions_total{kind=\"ExpandVolumes\"} 1")
+    );
+
+    // Once every claim asks for the new size: a list, no patch, no Event.
+    let written: KvClusterStatus = serde_json::from_value(status.clone()).expect("status");
+    k.status = Some(written);
+    let (ctx, handle) = context(healthy_nodes(3, 0, 2));
+    let mut expected = reads_and_applies(statefulset(3), pods);
+    expected.push(list_claims(
+        (0..4)
+            .map(|i| claim(&format!("data-demo-{i}"), "2Gi"))
+            .collect(),
+    ));
+    expected.push(status_patch());
+    let server = tokio::spawn(serve(handle, expected));
+    reconcile(Arc::new(k), ctx).await.expect("reconciles");
+    let bodies = server.await.expect("verifier");
+    assert_eq!(
+        bodies[9]["status"]["currentAction"],
+        "3 members, demo-0 leads"
+    );
 }

@@ -574,6 +574,52 @@ fn rows() -> Vec<Row> {
         message: "adding demo-1",
     });
 
+    // --- A removed member back on its retained volume (scaled down and up again with
+    // whenScaled: Retain): its own log still makes it a voter of the old configuration.
+    let mut o = healthy(3, 0);
+    o.spec_replicas = 4;
+    o.statefulset = Some(ObservedStatefulSet {
+        replicas: 4,
+        update_revision: Some("r1".into()),
+    });
+    add_new_pod(&mut o, 3, MemberState::Voter);
+    status(&mut o, 3).members = (1..=4).map(|id| voter(id, true)).collect();
+    status(&mut o, 3).leader_id = 0;
+    status(&mut o, 3).last_log_index = 60;
+    rows.push(Row {
+        name: "removed-member-on-retained-volume-readded-as-learner",
+        observed: o.clone(),
+        action: Action::AddLearner {
+            node_id: 4,
+            ordinal: 3,
+        },
+        phase: Phase::Scaling,
+        labels: None,
+        message: "adding demo-3 as a learner",
+    });
+    status(&mut o, 3).member_state = MemberState::Removed;
+    rows.push(Row {
+        name: "removed-member-that-saw-its-removal-readded-as-learner",
+        observed: o.clone(),
+        action: Action::AddLearner {
+            node_id: 4,
+            ordinal: 3,
+        },
+        phase: Phase::Scaling,
+        labels: None,
+        message: "adding demo-3 as a learner",
+    });
+    // A volume from another cluster (another id) is never added.
+    status(&mut o, 3).cluster_id = "another-cluster".into();
+    rows.push(Row {
+        name: "member-of-another-cluster-not-added",
+        observed: o,
+        action: Action::None,
+        phase: Phase::Degraded,
+        labels: None,
+        message: "demo-3 is not a member",
+    });
+
     rows
 }
 

@@ -19,6 +19,8 @@ pub const MANAGED: &[(&str, &str, &[&str])] = &[
     ),
     ("", "services", &["create", "patch"]),
     ("", "pods", &["list", "watch", "patch", "delete"]),
+    // Volume expansion: the members' claims are listed and their storage request applied.
+    ("", "persistentvolumeclaims", &["list", "patch"]),
     ("policy", "poddisruptionbudgets", &["create", "patch"]),
     ("networking.k8s.io", "networkpolicies", &["create", "patch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
@@ -54,6 +56,12 @@ pub fn needed(method: &str, uri: &str) -> (String, String, Vec<&'static str>) {
         ("GET", false) if query.contains("watch=true") => vec!["watch"],
         ("GET", false) => vec!["list"],
         ("POST", _) => vec!["create"],
+        // The operator applies only claims it has just listed (volume expansion): the API server
+        // asks for create only when an apply would create the object, and a claim that vanished
+        // in between must not be recreated by the operator (the StatefulSet owns claims).
+        ("PATCH", _) if query.contains("fieldManager=") && resource == "persistentvolumeclaims" => {
+            vec!["patch"]
+        }
         ("PATCH", _) if query.contains("fieldManager=") && !resource.contains('/') => {
             vec!["patch", "create"]
         }
