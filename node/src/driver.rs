@@ -15,7 +15,9 @@
 //! [`DriverConfig::snapshot_trailing_entries`] entries below the snapshot in the core (and the
 //! WAL segments that hold them), so that a follower a little behind is sent entries rather than
 //! the whole snapshot. A snapshot received from the leader is read, checked and decoded on the
-//! blocking pool before it replaces the log. Followers measure the longest silence of their
+//! blocking pool *before its message is stepped into the core*, so the loop goes on ticking and
+//! answering the leader while a large snapshot decodes, and installing it cannot fail once it
+//! replaced the log on disk. Followers measure the longest silence of their
 //! leader (`raftkv_leader_silence_max_seconds`); `node/tests/snapshot_200mb.rs` loads 200 MB,
 //! checks that no election happens while snapshots are taken and installed, and prints those
 //! gaps. The loop still awaits, inline, each storage batch's fsync (under disk contention the
@@ -210,8 +212,14 @@ pub(crate) struct Driver {
     next_read_ctx: u64,
     lease: ReadLease<Instant>,
     transfers: Vec<TransferWait>,
-    /// Snapshots received from a leader, by (index, term), until the core installs one.
-    received: BTreeMap<(Index, Term), StagedSnapshot>,
+    /// Snapshots received from a leader and decoded, by (index, term), until the core installs
+    /// one.
+    received: BTreeMap<(Index, Term), Received>,
+    /// A received snapshot being decoded on the blocking pool; the core hears of it only once
+    /// it is decoded (see [`Driver::on_snapshot_received`]).
+    decoding: Option<Decoding>,
+    /// The newest snapshot that arrived while another was being decoded: decoded next.
+    next_to_decode: Option<(raftkv_raft::Message, StagedSnapshot)>,
     /// The index of the last local snapshot (or the installed one).
     snapshot_index: Index,
     /// Last time this node asked to publish its own addresses.
@@ -250,6 +258,33 @@ async fn snapshot_written(
     }
 }
 
+/// The state a received snapshot rebuilds: the address book and the state machine.
+type Restored = (MemberBook, KvStateMachine);
+
+/// A snapshot received from the leader, with the state decoded from it.
+struct Received {
+    staged: StagedSnapshot,
+    restored: Restored,
+}
+
+/// A received snapshot being read, checked and decoded by a blocking task, with the message
+/// that announced it (stepped into the core once the data is decoded).
+struct Decoding {
+    msg: raftkv_raft::Message,
+    staged: StagedSnapshot,
+    task: tokio::task::JoinHandle<Result<Restored, String>>,
+}
+
+/// Waits for the snapshot being decoded, if there is one (never resolves otherwise).
+async fn snapshot_decoded(job: &mut Option<Decoding>) -> Result<Restored, String> {
+    match job {
+        Some(job) => (&mut job.task)
+            .await
+            .unwrap_or_else(|e| Err(format!("the decoding task stopped: {e}"))),
+        None => std::future::pending().await,
+    }
+}
+
 impl Driver {
     pub(crate) fn new(p: DriverParts) -> Self {
         let snapshot_index = p.raw.snapshot_index();
@@ -279,6 +314,8 @@ impl Driver {
             lease: ReadLease::new(),
             transfers: Vec::new(),
             received: BTreeMap::new(),
+            decoding: None,
+            next_to_decode: None,
             snapshot_index,
             published_at: None,
             was_member: false,
@@ -353,6 +390,11 @@ impl Driver {
                     self.snapshot_job = None;
                     self.finish_snapshot(index, written).await?;
                 }
+                decoded = snapshot_decoded(&mut self.decoding) => {
+                    if let Some(job) = self.decoding.take() {
+                        self.on_snapshot_decoded(job, decoded);
+                    }
+                }
                 Some(req) = self.requests.recv() => {
                     self.on_request(req);
                     for _ in 0..MAX_EVENTS_PER_TURN {
@@ -410,10 +452,7 @@ impl Driver {
                     );
                     return;
                 }
-                let current_term = msg.term >= self.raw.term();
-                self.raw.step(msg);
-                let wanted = self.raw.pending_snapshot().map(|m| (m.index, m.term));
-                keep_received(&mut self.received, current_term.then_some(data), wanted);
+                self.on_snapshot_received(msg, data);
             }
             Inbound::Unreachable(peer) => self.raw.report_unreachable(peer),
             Inbound::SnapshotStatus { peer, ok } => self.raw.report_snapshot(peer, ok),
@@ -708,16 +747,14 @@ impl Driver {
         }
 
         // 2. Persist snapshot, entries and hard state with one fsync on the storage thread.
-        let staged = match &rd.snapshot {
-            Some(meta) => Some(self.take_received(meta)?),
-            None => None,
-        };
-        // Load the received snapshot (read, check, decode, rebuild the state machine, on the
-        // blocking pool) before it is installed: restoring must not fail after the snapshot
-        // replaced our log on disk.
-        let restore_from = match &staged {
-            Some(s) => Some(load_staged(s).await?),
-            None => None,
+        // A received snapshot was decoded before the core heard of it, so restoring cannot fail
+        // after it replaced our log on disk, and this loop does not wait for the decoding.
+        let (staged, restore_from) = match &rd.snapshot {
+            Some(meta) => {
+                let r = self.take_received(meta)?;
+                (Some(r.staged), Some(r.restored))
+            }
+            None => (None, None),
         };
         let batch = WriteBatch {
             snapshot: staged,
@@ -763,7 +800,7 @@ impl Driver {
         Ok(())
     }
 
-    fn take_received(&mut self, meta: &SnapshotMeta) -> Result<StagedSnapshot, NodeError> {
+    fn take_received(&mut self, meta: &SnapshotMeta) -> Result<Received, NodeError> {
         self.received
             .remove(&(meta.index, meta.term))
             .ok_or_else(|| {
@@ -774,7 +811,70 @@ impl Driver {
             })
     }
 
-    fn restore_snapshot(&mut self, meta: &SnapshotMeta, (book, kv): (MemberBook, KvStateMachine)) {
+    /// A snapshot stream from the leader arrived complete. It is decoded on the blocking pool
+    /// (read, checksum, the address book, the state machine rebuilt) before its message is
+    /// stepped into the core: decoding a large snapshot takes seconds, and this loop must go on
+    /// ticking and answering the leader meanwhile. A stream from a stale leader is dropped (the
+    /// core answers its heartbeats with our term anyway); one that arrives while another is
+    /// decoded waits, and only the newest such waits.
+    fn on_snapshot_received(&mut self, msg: raftkv_raft::Message, data: StagedSnapshot) {
+        if msg.term < self.raw.term() {
+            return;
+        }
+        let index = data.meta().index;
+        if let Some(job) = &self.decoding {
+            // A leader whose probe this follower rejected while decoding sends the snapshot
+            // again: the same one (or an older one) is not decoded twice.
+            let newer = job.staged.meta().index < index
+                && self
+                    .next_to_decode
+                    .as_ref()
+                    .is_none_or(|(_, queued)| queued.meta().index < index);
+            if newer {
+                self.next_to_decode = Some((msg, data));
+            }
+            return;
+        }
+        let reader = match data.open_reader() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(index, error = %e, "cannot read a received snapshot; dropped");
+                return;
+            }
+        };
+        let task = tokio::task::spawn_blocking(move || crate::members::load_snapshot(reader));
+        self.decoding = Some(Decoding {
+            msg,
+            staged: data,
+            task,
+        });
+    }
+
+    /// A received snapshot is decoded: the core hears of it now, and it is kept for the `Ready`
+    /// that installs it. A snapshot that does not decode is dropped; the leader sends it again
+    /// when the follower's next answer shows it still lacks the entries.
+    fn on_snapshot_decoded(&mut self, job: Decoding, decoded: Result<Restored, String>) {
+        let Decoding { msg, staged, .. } = job;
+        match decoded {
+            Ok(restored) => {
+                let current_term = msg.term >= self.raw.term();
+                self.raw.step(msg);
+                let wanted = self.raw.pending_snapshot().map(|m| (m.index, m.term));
+                let received = Received { staged, restored };
+                keep_received(&mut self.received, current_term.then_some(received), wanted);
+            }
+            Err(e) => warn!(
+                index = staged.meta().index,
+                error = %e,
+                "a received snapshot does not decode; dropped"
+            ),
+        }
+        if let Some((msg, data)) = self.next_to_decode.take() {
+            self.on_snapshot_received(msg, data);
+        }
+    }
+
+    fn restore_snapshot(&mut self, meta: &SnapshotMeta, (book, kv): Restored) {
         self.kv = kv;
         self.plant_bugs();
         self.book.extend(book);
@@ -1175,19 +1275,6 @@ fn reply_err(w: Waiter, err: NodeError) {
     }
 }
 
-/// Loads a staged snapshot (reads it, verifies its checksum, rebuilds the book and the state
-/// machine) on the blocking pool.
-async fn load_staged(staged: &StagedSnapshot) -> Result<(MemberBook, KvStateMachine), NodeError> {
-    let index = staged.meta().index;
-    let reader = staged
-        .open_reader()
-        .map_err(|e| NodeError::Internal(format!("snapshot {index}: {e}")))?;
-    tokio::task::spawn_blocking(move || crate::members::load_snapshot(reader))
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
-        .map_err(|e| NodeError::Internal(format!("snapshot {index}: {e}")))
-}
-
 /// Starts one storage-thread operation with `start` (handed the completion callback) and waits
 /// for it; `what` names the operation in the error.
 async fn storage_call(what: &str, start: impl FnOnce(Callback)) -> Result<(), NodeError> {
@@ -1250,9 +1337,9 @@ trait ReceivedSnapshot {
     fn key(&self) -> (Index, Term);
 }
 
-impl ReceivedSnapshot for StagedSnapshot {
+impl ReceivedSnapshot for Received {
     fn key(&self) -> (Index, Term) {
-        (self.meta().index, self.meta().term)
+        (self.staged.meta().index, self.staged.meta().term)
     }
 }
 
