@@ -162,17 +162,11 @@ fn write_identity(dir: &Path, identity: &Identity) -> Result<(), StartError> {
 /// The cluster id of a cluster bootstrapped from `token` with voters `1..=size`: FNV-1a over
 /// both, so every initial member computes the same id on its own.
 pub fn derive_cluster_id(token: &str, size: u64) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in token
-        .as_bytes()
-        .iter()
-        .chain(b"\0")
-        .chain(size.to_string().as_bytes())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    let mut h = crate::codec::Fnv1a64::new();
+    h.update(token.as_bytes());
+    h.update(b"\0");
+    h.update(size.to_string().as_bytes());
+    format!("{:016x}", h.finish())
 }
 
 /// Writes the bootstrap configuration `1..=size` (entry 1 and the hard state) and fsyncs.

@@ -51,14 +51,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
 
+use crate::entry::{EntryKind, snapshot_header};
 use crate::error::NodeError;
 use crate::handle::{
     Consistency, MemberState, MemberStatus, NodeStatus, ReadQuery, ReadResult, Request,
 };
 use crate::kv::{KvStateMachine, WriteResponse};
-use crate::members::{
-    EntryKind, MemberAddrs, MemberBook, added_learner, encode_context, snapshot_header,
-};
+use crate::members::{MemberAddrs, MemberBook, added_learner, encode_context};
 use crate::metrics::Metrics;
 use crate::storage::{Callback, SnapshotStore, StagedSnapshot, StorageHandle, WriteBatch};
 use crate::transport::{Inbound, Transport};
@@ -272,15 +271,16 @@ struct Received {
 struct Decoding {
     msg: raftkv_raft::Message,
     staged: StagedSnapshot,
-    task: tokio::task::JoinHandle<Result<Restored, String>>,
+    task: tokio::task::JoinHandle<Result<Restored, crate::entry::SnapshotLoadError>>,
 }
 
 /// Waits for the snapshot being decoded, if there is one (never resolves otherwise).
 async fn snapshot_decoded(job: &mut Option<Decoding>) -> Result<Restored, String> {
     match job {
-        Some(job) => (&mut job.task)
-            .await
-            .unwrap_or_else(|e| Err(format!("the decoding task stopped: {e}"))),
+        Some(job) => match (&mut job.task).await {
+            Ok(decoded) => decoded.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the decoding task stopped: {e}")),
+        },
         None => std::future::pending().await,
     }
 }
@@ -842,7 +842,7 @@ impl Driver {
                 return;
             }
         };
-        let task = tokio::task::spawn_blocking(move || crate::members::load_snapshot(reader));
+        let task = tokio::task::spawn_blocking(move || crate::entry::load_snapshot(reader));
         self.decoding = Some(Decoding {
             msg,
             staged: data,

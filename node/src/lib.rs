@@ -1,11 +1,15 @@
 //! A raftkv node: everything around the Raft core that makes a running member of a cluster.
 //!
 //! Modules, from the inside out (dependencies point inward):
+//! - `codec`: the one binary codec every encoding of the node is built from (varints, a
+//!   bounds-checked reader, FNV-1a), and why it is hand-written;
 //! - [`kv`]: the replicated key-value state machine with client sessions for exactly-once writes;
 //! - [`storage`]: the write-ahead log, hard state and snapshot files, behind a trait that also has
 //!   an in-memory implementation, with group commit on a dedicated thread;
 //! - [`discovery`]: static peers, or a StatefulSet's pods by DNS name;
-//! - [`members`]: member addresses, and the framing of entries and snapshots that carries them;
+//! - [`members`]: member addresses and their encoding;
+//! - [`entry`]: the framing of log entries (a KV command or a member's addresses) and of node
+//!   snapshots (the address book, then the KV snapshot);
 //! - [`transport`]: gRPC messaging between peers (`raftkv.v1.Raft`);
 //! - [`api`]: the client-facing `Kv` and `Cluster` services. The key, value and gRPC message
 //!   limits they enforce, and their checks, are shared with the client and the transport and live
@@ -25,8 +29,10 @@
 
 pub mod api;
 mod bootstrap;
+mod codec;
 pub mod discovery;
 mod driver;
+pub mod entry;
 pub mod error;
 pub mod handle;
 pub mod kv;

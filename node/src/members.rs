@@ -1,22 +1,22 @@
-//! Who the members are and where they listen; and the node-level framing of log entries and
-//! snapshots that carries this address book alongside the KV state.
+//! Who the members are and where they listen.
 //!
 //! The Raft core knows members only by id. Addresses travel in three places:
 //! - the `context` of a membership change (AddLearner) carries the new member's addresses;
-//! - a `MemberUpdate` entry lets a member publish (or change) its own addresses, as etcd members
-//!   publish their client URLs: every leader publishes itself on election, so followers always
-//!   know where to redirect clients;
-//! - snapshots carry the whole book, so a node restored from a snapshot knows everyone.
+//! - a `MemberUpdate` entry ([`crate::entry::EntryKind`]) lets a member publish (or change) its
+//!   own addresses, as etcd members publish their client URLs: every leader publishes itself on
+//!   election, so followers always know where to redirect clients;
+//! - snapshots carry the whole book ([`crate::entry::snapshot_header`]), so a node restored from
+//!   a snapshot knows everyone.
 //!
-//! Entry framing: the first byte of a Normal entry says what follows ([`EntryKind`]); the KV
-//! command encoding stays the `kv` module's business.
+//! One encoding of a member's addresses serves all three: each address as a big-endian `u32`
+//! length and its UTF-8 bytes, at most [`MAX_ADDR_LEN`] bytes.
 
 use std::collections::BTreeMap;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use raftkv_raft::NodeId;
 
-use crate::kv::{Command, DecodeError};
+use crate::codec::{DecodeError, Reader};
 
 /// Where one member listens.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,135 +30,64 @@ pub struct MemberAddrs {
 /// Member addresses by id. Deterministic order (BTreeMap), as it is part of replicated state.
 pub type MemberBook = BTreeMap<NodeId, MemberAddrs>;
 
-/// Why node-level data did not decode.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    /// The bytes end early or hold an impossible value.
-    #[error("malformed {what}: {why}")]
-    Malformed {
-        /// What was being decoded.
-        what: &'static str,
-        /// What is wrong.
-        why: String,
-    },
-    /// A KV command inside the frame did not decode.
-    #[error(transparent)]
-    Command(#[from] DecodeError),
-}
-
-fn malformed(what: &'static str, why: impl Into<String>) -> FrameError {
-    FrameError::Malformed {
-        what,
-        why: why.into(),
-    }
-}
-
-const TAG_COMMAND: u8 = 0;
-const TAG_MEMBER_UPDATE: u8 = 1;
 /// Longest address accepted anywhere: a DNS name (253) plus a port, with room to spare.
 pub const MAX_ADDR_LEN: usize = 512;
 
-/// What a Normal log entry carries.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EntryKind {
-    /// A client's KV command.
-    Command(Command),
-    /// A member publishes its addresses.
-    MemberUpdate {
-        /// The member.
-        id: NodeId,
-        /// Its addresses.
-        addrs: MemberAddrs,
-    },
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Addresses are checked against MAX_ADDR_LEN where they enter (flags, AddMember).
+    out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
-impl EntryKind {
-    /// Encodes the entry's data.
-    pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::new();
-        match self {
-            EntryKind::Command(cmd) => {
-                out.put_u8(TAG_COMMAND);
-                let mut body = Vec::with_capacity(cmd.encoded_len());
-                cmd.encode_into(&mut body);
-                out.put_slice(&body);
-            }
-            EntryKind::MemberUpdate { id, addrs } => {
-                out.put_u8(TAG_MEMBER_UPDATE);
-                out.put_u64(*id);
-                put_addrs(&mut out, addrs);
-            }
-        }
-        out.freeze()
+fn get_str(r: &mut Reader<'_>, what: &'static str) -> Result<String, DecodeError> {
+    let offset = r.offset();
+    let len = r.u32_be(what)? as usize;
+    if len > MAX_ADDR_LEN {
+        return Err(DecodeError::TooLong {
+            what,
+            len,
+            max: MAX_ADDR_LEN,
+            offset,
+        });
     }
-
-    /// Decodes an entry's data.
-    pub fn decode(data: &Bytes) -> Result<Self, FrameError> {
-        let Some((&tag, _)) = data.split_first() else {
-            return Err(malformed("entry", "empty"));
-        };
-        match tag {
-            TAG_COMMAND => Ok(EntryKind::Command(Command::decode(&data.slice(1..))?)),
-            TAG_MEMBER_UPDATE => {
-                let mut buf = data.slice(1..);
-                let id = get_u64(&mut buf, "member update")?;
-                let addrs = get_addrs(&mut buf, "member update")?;
-                if buf.has_remaining() {
-                    return Err(malformed("member update", "trailing bytes"));
-                }
-                Ok(EntryKind::MemberUpdate { id, addrs })
-            }
-            other => Err(malformed("entry", format!("unknown kind {other}"))),
-        }
-    }
+    Ok(r.str_of_len(len, what)?.to_owned())
 }
 
-fn put_str(out: &mut BytesMut, s: &str) {
-    out.put_u32(s.len() as u32);
-    out.put_slice(s.as_bytes());
-}
-
-fn put_addrs(out: &mut BytesMut, addrs: &MemberAddrs) {
+/// Appends a member's addresses.
+pub(crate) fn put_addrs(out: &mut Vec<u8>, addrs: &MemberAddrs) {
     put_str(out, &addrs.peer);
     put_str(out, &addrs.client);
 }
 
-fn get_u64(buf: &mut Bytes, what: &'static str) -> Result<u64, FrameError> {
-    if buf.remaining() < 8 {
-        return Err(malformed(what, "truncated"));
-    }
-    Ok(buf.get_u64())
-}
-
-fn get_str(buf: &mut Bytes, what: &'static str) -> Result<String, FrameError> {
-    if buf.remaining() < 4 {
-        return Err(malformed(what, "truncated length"));
-    }
-    let len = buf.get_u32() as usize;
-    if len > MAX_ADDR_LEN || buf.remaining() < len {
-        return Err(malformed(what, format!("bad string length {len}")));
-    }
-    let s = buf.split_to(len);
-    String::from_utf8(s.to_vec()).map_err(|_| malformed(what, "address is not UTF-8"))
-}
-
-fn get_addrs(buf: &mut Bytes, what: &'static str) -> Result<MemberAddrs, FrameError> {
+/// Reads a member's addresses.
+pub(crate) fn get_addrs(
+    r: &mut Reader<'_>,
+    what: &'static str,
+) -> Result<MemberAddrs, DecodeError> {
     Ok(MemberAddrs {
-        peer: get_str(buf, what)?,
-        client: get_str(buf, what)?,
+        peer: get_str(r, what)?,
+        client: get_str(r, what)?,
     })
 }
 
 /// Encodes addresses for a membership change's context.
 pub fn encode_context(addrs: &MemberAddrs) -> Bytes {
-    let mut out = BytesMut::new();
+    let mut out = Vec::with_capacity(8 + addrs.peer.len() + addrs.client.len());
     put_addrs(&mut out, addrs);
-    out.freeze()
+    Bytes::from(out)
+}
+
+/// Decodes a membership change's context.
+pub fn decode_context(context: &[u8]) -> Result<MemberAddrs, DecodeError> {
+    let mut r = Reader::new(context);
+    let addrs = get_addrs(&mut r, "membership context")?;
+    r.finish()?;
+    Ok(addrs)
 }
 
 /// The member a configuration entry adds as a learner, with the addresses its context carries
 /// (or why they do not decode); `None` for any other entry.
-pub fn added_learner(e: &raftkv_raft::Entry) -> Option<(NodeId, Result<MemberAddrs, FrameError>)> {
+pub fn added_learner(e: &raftkv_raft::Entry) -> Option<(NodeId, Result<MemberAddrs, DecodeError>)> {
     match &e.payload {
         raftkv_raft::EntryPayload::Config {
             change: Some(cc), ..
@@ -169,130 +98,34 @@ pub fn added_learner(e: &raftkv_raft::Entry) -> Option<(NodeId, Result<MemberAdd
     }
 }
 
-/// Decodes a membership change's context.
-pub fn decode_context(context: &Bytes) -> Result<MemberAddrs, FrameError> {
-    let mut buf = context.clone();
-    let addrs = get_addrs(&mut buf, "membership context")?;
-    if buf.has_remaining() {
-        return Err(malformed("membership context", "trailing bytes"));
-    }
-    Ok(addrs)
-}
-
-const SNAPSHOT_MAGIC: &[u8; 4] = b"RKVN";
-const SNAPSHOT_VERSION: u8 = 1;
-
-/// Writes a node snapshot: the address book, then the KV state machine's snapshot.
-pub fn encode_snapshot(book: &MemberBook, kv_snapshot: &[u8]) -> Vec<u8> {
-    let mut out = snapshot_header(book).to_vec();
-    out.extend_from_slice(kv_snapshot);
-    out
-}
-
-/// The bytes of a node snapshot that come before the KV snapshot (magic, version, address book),
-/// for writers that stream the KV snapshot after it.
-pub fn snapshot_header(book: &MemberBook) -> BytesMut {
-    let mut out = BytesMut::with_capacity(64 * book.len() + 16);
-    out.put_slice(SNAPSHOT_MAGIC);
-    out.put_u8(SNAPSHOT_VERSION);
-    out.put_u32(book.len() as u32);
-    for (id, addrs) in book {
-        out.put_u64(*id);
-        put_addrs(&mut out, addrs);
-    }
-    out
-}
-
-/// Reads a whole node snapshot from `reader` (a snapshot file, whose checksum the reader checks)
-/// and rebuilds the address book and the KV state machine from it. Blocking: the node calls it
-/// on the blocking pool, both at start-up and when it installs a snapshot from the leader.
-pub fn load_snapshot(
-    mut reader: impl std::io::Read,
-) -> Result<(MemberBook, crate::kv::KvStateMachine), String> {
-    let mut data = Vec::new();
-    reader
-        .read_to_end(&mut data)
-        .map_err(|e| format!("reading: {e}"))?;
-    let (book, kv) = decode_snapshot(data.into()).map_err(|e| e.to_string())?;
-    let kv = crate::kv::KvStateMachine::restore(&kv).map_err(|e| e.to_string())?;
-    Ok((book, kv))
-}
-
-/// Splits a node snapshot into the address book and the KV snapshot bytes.
-pub fn decode_snapshot(data: Bytes) -> Result<(MemberBook, Bytes), FrameError> {
-    let what = "node snapshot";
-    let mut buf = data;
-    if buf.remaining() < 9 || &buf[..4] != SNAPSHOT_MAGIC {
-        return Err(malformed(what, "bad magic"));
-    }
-    buf.advance(4);
-    let version = buf.get_u8();
-    if version != SNAPSHOT_VERSION {
-        return Err(malformed(what, format!("unknown version {version}")));
-    }
-    let count = buf.get_u32();
-    let mut book = MemberBook::new();
-    for _ in 0..count {
-        let id = get_u64(&mut buf, what)?;
-        book.insert(id, get_addrs(&mut buf, what)?);
-    }
-    Ok((book, buf))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::Op;
 
     #[test]
-    fn entries_round_trip_and_garbage_is_refused() {
-        let cmd = Command::with_session(
-            Op::Put {
-                key: Bytes::from_static(b"k"),
-                value: Bytes::from_static(b"v"),
-            },
-            "client",
-            7,
-        );
-        for kind in [
-            EntryKind::Command(cmd),
-            EntryKind::MemberUpdate {
-                id: 3,
-                addrs: MemberAddrs {
-                    peer: "kv-2.kv:7100".into(),
-                    client: "kv-2.kv:7000".into(),
-                },
-            },
-        ] {
-            let data = kind.encode();
-            assert_eq!(EntryKind::decode(&data), Ok(kind));
-            for cut in 0..data.len() {
-                assert!(
-                    EntryKind::decode(&data.slice(..cut)).is_err(),
-                    "cut at {cut}"
-                );
-            }
+    fn contexts_round_trip_and_garbage_is_refused() {
+        let addrs = MemberAddrs {
+            peer: "kv-2.kv:7100".into(),
+            client: "kv-2.kv:7000".into(),
+        };
+        let ctx = encode_context(&addrs);
+        assert_eq!(decode_context(&ctx), Ok(addrs));
+        for cut in 0..ctx.len() {
+            assert!(decode_context(&ctx[..cut]).is_err(), "cut at {cut}");
         }
-        assert!(EntryKind::decode(&Bytes::from_static(&[9, 1, 2])).is_err());
-    }
-
-    #[test]
-    fn snapshots_carry_the_book() {
-        let mut book = MemberBook::new();
-        book.insert(
-            1,
-            MemberAddrs {
-                peer: "a:1".into(),
-                client: "a:2".into(),
-            },
-        );
-        let data = encode_snapshot(&book, b"kvstate");
-        let (got, kv) = decode_snapshot(Bytes::from(data)).expect("valid");
-        assert_eq!(got, book);
-        assert_eq!(&kv[..], b"kvstate");
-        assert!(decode_snapshot(Bytes::from_static(b"nope")).is_err());
-        let ctx = encode_context(&book[&1]);
-        assert_eq!(decode_context(&ctx).expect("valid"), book[&1]);
-        assert!(decode_context(&ctx.slice(1..)).is_err());
+        let mut trailing = ctx.to_vec();
+        trailing.push(0);
+        assert!(decode_context(&trailing).is_err());
+        // A length over the limit is refused before anything is read or allocated.
+        let huge = [0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            decode_context(&huge),
+            Err(DecodeError::TooLong { .. })
+        ));
+        let not_utf8 = [0, 0, 0, 1, 0xff, 0, 0, 0, 0];
+        assert!(matches!(
+            decode_context(&not_utf8),
+            Err(DecodeError::InvalidUtf8 { .. })
+        ));
     }
 }

@@ -33,10 +33,11 @@ use crate::bootstrap::{
     Origin, bootstrap_or_join, has_state, read_identity, status_on_disk, write_bootstrap_state,
 };
 use crate::driver::{Driver, DriverConfig, DriverParts, Observed};
+use crate::entry::{EntryKind, load_snapshot};
 use crate::error::NodeError;
 use crate::handle::NodeHandle;
 use crate::kv::KvStateMachine;
-use crate::members::{EntryKind, MemberAddrs, MemberBook, added_learner, load_snapshot};
+use crate::members::{MemberAddrs, MemberBook, added_learner};
 use crate::metrics::Metrics;
 use crate::storage::{DiskOptions, DiskStorage, LogStorage, StorageThread};
 use crate::transport::{PeerGuards, RaftService, Transport, TransportConfig};

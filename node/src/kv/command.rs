@@ -24,7 +24,7 @@
 
 use bytes::Bytes;
 
-use super::codec::{DecodeError, Fnv1a64, Reader, put_bytes, put_varint, varint_len};
+use crate::codec::{DecodeError, Fnv1a64, Reader, put_bytes, put_varint, varint_len};
 
 /// The command format this build writes and reads.
 pub const COMMAND_FORMAT_VERSION: u8 = 1;

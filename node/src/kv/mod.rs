@@ -11,8 +11,10 @@
 //! - `data`: the key map — a shared base plus, while a snapshot is written, an overlay of
 //!   changes — and [`FrozenKv`], the view a snapshot is written from off the event loop;
 //! - `session`: the client session table that makes retried writes exactly-once;
-//! - `snapshot`: checksummed, deterministic snapshots and their restore;
-//! - `codec`: varints, a bounds-checked reader and FNV-1a.
+//! - `snapshot`: checksummed, deterministic snapshots and their restore.
+//!
+//! Their encodings are built from the node's one codec (`crate::codec`: varints, a bounds-checked
+//! reader, FNV-1a).
 //!
 //! # Applying entries (for the driver)
 //!
@@ -92,14 +94,13 @@
 //! entry and [`SnapshotError`] are the node's own failures, never a client's (INTERNAL if they must
 //! be reported at all).
 
-mod codec;
 mod command;
 mod data;
 mod session;
 mod snapshot;
 mod state_machine;
 
-pub use codec::DecodeError;
+pub use crate::codec::DecodeError;
 pub use command::{COMMAND_FORMAT_VERSION, Command, Op};
 pub use data::FrozenKv;
 pub use session::{MAX_CLIENT_ID_LEN, MAX_SESSION_BYTES, SessionConfig};

@@ -34,9 +34,9 @@ use std::io::{self, Write};
 use bytes::Bytes;
 use raftkv_raft::Index;
 
-use super::codec::{DecodeError, Reader, varint_bytes};
 use super::session::{MAX_CLIENT_ID_LEN, Recorded, Session, SessionConfig, SessionTable};
 use super::state_machine::{KvStateMachine, Stored, WriteResponse};
+use crate::codec::{DecodeError, Reader, varint_bytes};
 
 /// The first bytes of every KV snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"RKVS";
