@@ -9,13 +9,14 @@
 //! times are printed (`cargo test -p raftkv-node --test cluster_process -- --nocapture`); the
 //! bounds asserted are generous because CI runs this on a loaded 2-core machine.
 
-#[path = "support/process.rs"]
-mod process;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use process::{Cluster, ClusterOptions, WriteRecord, Writers, wait_for};
 use raftkv_client::{Client, Consistency, MemberRole};
+use support::cluster::{Cluster, ClusterOptions};
+use support::wait::wait_for;
+use support::workload::{WriteRecord, Writers};
 
 /// The longest a kill -9 of the leader may keep writes from being acknowledged.
 const FAILOVER_BOUND: Duration = Duration::from_secs(15);
