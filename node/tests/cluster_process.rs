@@ -5,8 +5,8 @@
 //! is lost (every acknowledged write reads back with its value and version), nothing that
 //! definitely failed is present, and nothing unwritten appears.
 //!
-//! The harness is `support/process.rs` (ports, data dirs, logs, signals, clean-up). Measured
-//! times are printed (`cargo test -p raftkv-node --test cluster_process -- --nocapture`); the
+//! The harness is `support/cluster.rs` (data dirs, logs, signals, clean-up) with the writers of
+//! `support/workload.rs`. Measured times are printed (`cargo test -p raftkv-node --test cluster_process -- --nocapture`); the
 //! bounds asserted are generous because CI runs this on a loaded 2-core machine.
 
 mod support;
