@@ -15,7 +15,9 @@
 //! - [`StorageError`]: every failure, typed.
 //!
 //! Internals: `codec` (binary encoding of the core's types), `record` (WAL framing and the
-//! torn-tail/corruption scan), `log` (the log rules both implementations share), `fsutil`.
+//! torn-tail/corruption scan), `segment` (WAL segment files and their header), `replay`
+//! (recovery of a data directory at open), `log` (the log rules both implementations share),
+//! `fsutil`.
 //!
 //! Nothing here depends on tokio: the thread answers through callbacks that an async driver can
 //! turn into oneshot channels.
@@ -44,6 +46,8 @@ mod fsutil;
 mod log;
 mod mem;
 mod record;
+mod replay;
+mod segment;
 mod snapshot;
 mod thread;
 
