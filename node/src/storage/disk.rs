@@ -63,7 +63,8 @@ use super::replay::Replay;
 use super::segment::{
     EntryLoc, KIND_ENTRY, KIND_HARD_STATE, KIND_SNAPSHOT, Segment, create_segment, list_segments,
 };
-use super::snapshot::{SnapshotStore, StagedSnapshot};
+use super::snapshot::SnapshotStore;
+use super::snapshot_stream::StagedSnapshot;
 use super::{LogStorage, RecoveredState};
 
 /// Tunables of a [`DiskStorage`].

@@ -20,7 +20,7 @@ use raftkv_raft::{Entry, HardState, Index};
 
 use super::LogStorage;
 use super::error::{Result, StorageError};
-use super::snapshot::StagedSnapshot;
+use super::snapshot_stream::StagedSnapshot;
 
 /// The most requests folded into one fsync; bounds how long the first of them waits.
 const MAX_BATCH: usize = 1024;
