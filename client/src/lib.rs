@@ -1,8 +1,12 @@
 //! The raftkv client: an async library and the `kvctl` CLI (src/bin/kvctl).
 //!
-//! - [`client`]: [`Client`], one tonic channel per endpoint; follows leader redirects, caches the
-//!   leader, retries with backoff until a per-call timeout, and gives every write a session
-//!   (`client_id`, `seq`) so that a retry is never applied twice.
+//! - [`client`]: [`Client`], the operations (get, put, delete, compare-and-swap, scan, status,
+//!   membership), each checked and sent through the two rooms below.
+//! - `call`: one tonic channel per endpoint; follows leader redirects, caches the leader, retries
+//!   with backoff until a per-call timeout.
+//! - `session`: the exactly-once session (`client_id`, `seq`) every write takes once, so that a
+//!   retry is never applied twice, and the window of seqs in flight.
+//! - `sync`: the poison-tolerant lock helper.
 //! - [`options`]: [`ClientOptions`], timeouts, keepalive, backoff and message size.
 //! - [`error`]: [`Error`], which separates definite failures from unknown outcomes.
 //! - [`local`]: the fixed addresses of a localhost cluster (`kvctl local up`), which are also the
@@ -19,10 +23,13 @@
 //! # }
 //! ```
 
+mod call;
 pub mod client;
 pub mod error;
 pub mod local;
 pub mod options;
+mod session;
+mod sync;
 
 pub use bytes::Bytes;
 pub use client::{CasOutcome, Client, ScanPage, Versioned};

@@ -8,18 +8,17 @@
 //! A single-node cluster is enough: input validation happens before anything is replicated, and
 //! one node elects itself at once.
 
-#[path = "support/inprocess.rs"]
-mod inprocess;
+mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use inprocess::{TestCluster, assert_status};
 use raftkv_proto::v1::{
     AddMemberRequest, Append, AppendEntriesRequest, CompareAndSwapRequest, DeleteRequest, Entry,
     GetRequest, Heartbeat, InstallSnapshotRequest, PutRequest, RaftResponse, RequestVoteRequest,
     ScanRequest, append_entries_request, entry,
 };
+use support::inprocess::{TestCluster, assert_status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

@@ -10,20 +10,19 @@
 //! session, so a retry is applied once). Assertions about *which* node leads are made only when
 //! the term did not change around the observation.
 
-#[path = "support/inprocess.rs"]
-mod inprocess;
+mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use inprocess::{TestCluster, assert_status, eventually};
 use raftkv_client::{Client, ClientOptions};
 use raftkv_proto::LEADER_METADATA_KEY;
 use raftkv_proto::v1::{
     CompareAndSwapRequest, Consistency, DeleteRequest, GetRequest, GetResponse, MemberRole,
     PutRequest, Role, ScanRequest, ScanResponse,
 };
+use support::inprocess::{TestCluster, assert_status, eventually};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -624,11 +623,11 @@ async fn every_consistency_reads_the_written_value() {
 async fn a_leader_with_a_long_election_timeout_times_its_lease_by_the_shortest_member() {
     let long = raftkv_node::DriverConfig {
         election_ticks: 20,
-        ..inprocess::fast_driver()
+        ..support::inprocess::fast_driver()
     };
     let short = raftkv_node::DriverConfig {
         election_ticks: 5,
-        ..inprocess::fast_driver()
+        ..support::inprocess::fast_driver()
     };
     let c = TestCluster::start_with(3, |id, cfg| {
         cfg.driver = if id == 1 { long.clone() } else { short.clone() };
@@ -735,7 +734,7 @@ async fn a_deciding_node_asks_its_peers_over_one_connection_each() {
             data_dir: dir.path().join(format!("n{id}")),
             initial_cluster_size: 5,
             initial_cluster_token: "one-connection".into(),
-            driver: inprocess::fast_driver(),
+            driver: support::inprocess::fast_driver(),
             transport: Default::default(),
             seed: None,
             listen_metrics: None,

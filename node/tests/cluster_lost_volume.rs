@@ -5,14 +5,16 @@
 //! Measured times are printed (`-- --nocapture`); bounds are generous for a loaded 2-core
 //! machine, and every wait polls for its condition.
 
-#[path = "support/process.rs"]
-mod process;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use process::{Cluster, ClusterOptions, Writers, wait_for};
 use raftkv_client::Consistency;
 use raftkv_proto::v1 as pb;
+use support::cluster::{Cluster, ClusterOptions};
+use support::test_client_options;
+use support::wait::wait_for;
+use support::workload::{WriteHistory, Writers};
 
 /// A bound for things that should take a second or two.
 const SLOW: Duration = Duration::from_secs(30);
@@ -84,7 +86,7 @@ const JOINED: &str = "found a running cluster";
 /// the relaunch began.
 async fn restart_all_with_one_wiped(
     extra_args: Vec<String>,
-) -> (Cluster, process::History, u64, Instant) {
+) -> (Cluster, WriteHistory, u64, Instant) {
     let mut args = vec!["--test-slow-start".into(), "3s".into()];
     args.extend(extra_args);
     let opts = ClusterOptions {
@@ -217,12 +219,10 @@ async fn a_bootstrap_interrupted_before_the_raft_state_completes_on_restart() {
         .await
         .expect("the node starts");
     assert_eq!(node.cluster_id(), "c0ffee");
-    let client = raftkv_client::Client::connect(
-        vec![client_addr.to_string()],
-        process::test_client_options(),
-    )
-    .await
-    .expect("client");
+    let client =
+        raftkv_client::Client::connect(vec![client_addr.to_string()], test_client_options())
+            .await
+            .expect("client");
     let version = wait_for("a write on the completed bootstrap", SLOW, async || {
         client.put("k", "v").await.ok()
     })

@@ -5,17 +5,18 @@
 //! is lost (every acknowledged write reads back with its value and version), nothing that
 //! definitely failed is present, and nothing unwritten appears.
 //!
-//! The harness is `support/process.rs` (ports, data dirs, logs, signals, clean-up). Measured
-//! times are printed (`cargo test -p raftkv-node --test cluster_process -- --nocapture`); the
+//! The harness is `support/cluster.rs` (data dirs, logs, signals, clean-up) with the writers of
+//! `support/workload.rs`. Measured times are printed (`cargo test -p raftkv-node --test cluster_process -- --nocapture`); the
 //! bounds asserted are generous because CI runs this on a loaded 2-core machine.
 
-#[path = "support/process.rs"]
-mod process;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use process::{Cluster, ClusterOptions, WriteRecord, Writers, wait_for};
 use raftkv_client::{Client, Consistency, MemberRole};
+use support::cluster::{Cluster, ClusterOptions};
+use support::wait::wait_for;
+use support::workload::{WriteRecord, Writers};
 
 /// The longest a kill -9 of the leader may keep writes from being acknowledged.
 const FAILOVER_BOUND: Duration = Duration::from_secs(15);

@@ -24,10 +24,7 @@
 //! Needs a Docker engine: skipped loudly without one, a failure under `CI=true`.
 //! `FAULT_KEEP_HISTORY=1` keeps the history file (it is always kept when the test fails).
 
-#[path = "support/docker.rs"]
-mod docker;
-#[path = "support/fault.rs"]
-mod fault;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,13 +32,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use docker::{
-    DockerCluster, SERVICE, TestImage, docker_or_skip, run_prefix, sweep_stale, wait_for,
-};
-use fault::history::{EventType, Func, Recorder};
-use fault::{Workload, check_history, final_state_check, read_back, recorded_keys, start_workload};
 use raftkv_client::{Client, ClientOptions, Consistency};
 use raftkv_proto::v1 as pb;
+use support::docker::{DockerCluster, SERVICE, TestImage, docker_or_skip, run_prefix, sweep_stale};
+use support::fault::{
+    Workload, check_history, final_state_check, read_back, recorded_keys, start_workload,
+};
+use support::history::{EventType, Func, Recorder};
+use support::wait::wait_for;
 
 /// Generous bound for anything a healthy cluster does (elections, catching up) on a loaded
 /// 2-core machine; the measured times are printed.
@@ -305,7 +303,7 @@ fn check_runtime(cluster: &DockerCluster) {
             None => println!("[container] cannot see node {id}'s process: uid not checked"),
         }
     }
-    let endpoint = format!("{SERVICE}:{}", docker::CLIENT_PORT);
+    let endpoint = format!("{SERVICE}:{}", support::docker::CLIENT_PORT);
     for id in cluster.ids() {
         let key = format!("kvctl-from-{id}");
         let put = cluster.kvctl(id, &["--endpoints", &endpoint, "put", &key, "hello"]);

@@ -14,13 +14,14 @@
 //!
 //! Needs root and `ip netns` (skipped loudly without them; a failure under `CI=true`).
 
-#[path = "support/process.rs"]
-mod process;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use process::netns::netns_or_skip;
-use process::{Cluster, ClusterOptions, History, Network, Writers, wait_for};
+use support::cluster::{Cluster, ClusterOptions, Network};
+use support::netns::netns_or_skip;
+use support::wait::wait_for;
+use support::workload::{WriteHistory, Writers};
 
 /// The headless Service's name.
 const SERVICE: &str = "kv-peers.test";
@@ -37,7 +38,7 @@ fn dns_options() -> ClusterOptions {
 
 /// Writers aimed at the current leader (see the module docs), run until `n` writes are
 /// acknowledged, then stopped; the history is verified through a fresh leader client.
-async fn write_and_verify(cluster: &Cluster, prefix: &str, n: usize) -> History {
+async fn write_and_verify(cluster: &Cluster, prefix: &str, n: usize) -> WriteHistory {
     let writers = start_writers(cluster, prefix).await;
     writers.wait_more_acked(n, SLOW).await;
     let history = writers.stop().await;

@@ -11,13 +11,12 @@
 //! be caught in one of them. Needs root and `ip netns` (skipped loudly without them, a failure
 //! under `CI=true`); `stale-read` also needs nft or iptables in the namespaces.
 
-#[path = "support/fault.rs"]
-mod fault;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use fault::process::netns::{Net, netns_or_skip};
-use fault::{FaultKind, Nemesis, RunConfig, Workload, fresh_seeds, run_seed};
+use support::fault::{FaultKind, Nemesis, RunConfig, Workload, fresh_seeds, run_seed};
+use support::netns::{Net, netns_or_skip};
 
 /// The runs of this binary take turns: each is a 3-node cluster on a 2-core machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -14,14 +14,13 @@
 //!
 //! Needs root and `ip netns`: skipped loudly without them, a failure under `CI=true`.
 
-#[path = "support/fault.rs"]
-mod fault;
+mod support;
 
 use std::time::Instant;
 
-use fault::process::netns::netns_or_skip;
-use fault::{FaultKind, Nemesis, RunConfig, Workload, run_seed, seconds, seeds};
 use raftkv_client::Consistency;
+use support::fault::{FaultKind, Nemesis, RunConfig, Workload, run_seed, seconds, seeds};
+use support::netns::netns_or_skip;
 
 /// The runs of this binary take turns: each is a 3-node cluster on a 2-core machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

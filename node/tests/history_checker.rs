@@ -12,13 +12,12 @@
 //! `cargo test -p raftkv-node --test history_checker -- --nocapture` prints the reports and
 //! timings.
 
-#[path = "support/history.rs"]
-mod history;
+mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use history::{
+use support::history::{
     CheckOptions, Event, EventType, Func, History, HistoryError, Op, Recorder, Report, Value,
     Verdict,
 };
@@ -612,7 +611,7 @@ fn simulate(seed: u64, keys: usize, clients: usize, ops: usize, timeouts: u64) -
     let mut registers: Vec<Option<String>> = vec![None; keys];
     let mut stored: Vec<Vec<String>> = vec![Vec::new(); keys];
     struct Client {
-        p: history::Process,
+        p: support::history::Process,
         pending: Option<(usize, Op, Option<SimResult>)>,
     }
     let mut clients: Vec<Client> = (0..clients)

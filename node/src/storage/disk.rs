@@ -1,4 +1,4 @@
-//! `DiskStorage`: the Raft log, hard state and snapshots in a data directory, as a segmented
+//! [`DiskStorage`]: the Raft log, hard state and snapshots in a data directory, as a segmented
 //! write-ahead log plus snapshot files.
 //!
 //! # Layout
@@ -40,41 +40,32 @@
 //! - Compaction deletes whole segments only, only below a durable snapshot, oldest first.
 //!
 //! # Recovery
-//! Segments are replayed in order. A bad frame in the last segment that has no valid frame anywhere
-//! after it is a torn tail: it was never acknowledged, and the file is truncated there. Anything else
-//! bad — a bad frame followed by valid ones, a bad frame in an older segment, a frame that verifies
-//! but makes no sense — is corruption: `open` fails with [`StorageError::Corrupt`], which names the
-//! file and the byte offset. Snapshot files newer than the last durable `Snapshot` record are
-//! leftovers of an install cut short by a crash and are deleted; the installed one is verified.
+//! Replaying the segments at `open` is `replay.rs`: a torn tail of the last segment is truncated,
+//! anything else bad is [`StorageError::Corrupt`] naming the file and the byte offset.
+//!
+//! The segment files themselves (names, header, record kinds) are `segment.rs`.
 //!
 //! Unix only: it relies on positional I/O, directory fsync and `flock`.
 
-use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions};
-use std::hash::{BuildHasher, Hasher};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use raftkv_raft::{Entry, EntryPayload, HardState, Index, SnapshotMeta, Term};
 
 use super::codec::{self, Decoder};
 use super::error::{Result, StorageError};
 use super::fsutil;
-use super::log::{Log, Termed};
-use super::record::{self, MAX_BODY_LEN, ScanEnd};
-use super::snapshot::{SnapshotStore, StagedSnapshot};
+use super::log::Log;
+use super::record::{self, MAX_BODY_LEN};
+use super::replay::Replay;
+use super::segment::{
+    EntryLoc, KIND_ENTRY, KIND_HARD_STATE, KIND_SNAPSHOT, Segment, create_segment, list_segments,
+};
+use super::snapshot::SnapshotStore;
+use super::snapshot_stream::StagedSnapshot;
 use super::{LogStorage, RecoveredState};
-
-// Record types; all must be at most `record::MAX_KIND`.
-const KIND_HEADER: u8 = 1;
-const KIND_ENTRY: u8 = 2;
-const KIND_HARD_STATE: u8 = 3;
-const KIND_SNAPSHOT: u8 = 4;
-
-const WAL_MAGIC: &[u8; 4] = b"RKVW";
-const WAL_VERSION: u8 = 1;
 
 /// Tunables of a [`DiskStorage`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,37 +98,6 @@ pub struct DiskStats {
     pub segments_created: u64,
     /// Segments deleted by compaction.
     pub segments_deleted: u64,
-}
-
-/// Where an entry's frame is: enough to read it back, and its term for the log's rules.
-#[derive(Clone, Copy, Debug)]
-struct EntryLoc {
-    term: Term,
-    seq: u64,
-    offset: u64,
-    len: u32,
-}
-
-impl Termed for EntryLoc {
-    fn term(&self) -> Term {
-        self.term
-    }
-}
-
-/// One WAL file.
-#[derive(Debug)]
-struct Segment {
-    seq: u64,
-    salt: u32,
-    path: PathBuf,
-    file: File,
-    /// Bytes of valid frames (the file's length, after recovery truncated any torn tail).
-    size: u64,
-    /// Where the header frame ends: a segment this size holds nothing yet.
-    header_end: u64,
-    /// The highest entry index written in this segment (0 if none): compaction may delete the
-    /// segment once a durable snapshot covers it.
-    max_index: Index,
 }
 
 /// The on-disk [`LogStorage`]: a segmented write-ahead log and snapshot files (see the module docs).
@@ -592,367 +552,5 @@ fn lock_dir(dir: &Path) -> Result<File> {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(StorageError::Locked { path }),
         Err(fs::TryLockError::Error(e)) => Err(StorageError::io("lock", &path)(e)),
-    }
-}
-
-/// A segment file found on disk.
-struct SegmentName {
-    seq: u64,
-    salt: u32,
-    path: PathBuf,
-}
-
-/// The segment files in `dir`, in sequence order. Other files are ignored.
-fn list_segments(dir: &Path) -> Result<Vec<SegmentName>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(StorageError::io("list", dir))? {
-        let entry = entry.map_err(StorageError::io("list", dir))?;
-        let name = entry.file_name();
-        let Some(parsed) = name.to_str().and_then(parse_segment_name) else {
-            continue;
-        };
-        out.push(SegmentName {
-            seq: parsed.0,
-            salt: parsed.1,
-            path: entry.path(),
-        });
-    }
-    out.sort_unstable_by_key(|s| s.seq);
-    Ok(out)
-}
-
-fn segment_name(seq: u64, salt: u32) -> String {
-    format!("{seq:016x}-{salt:08x}.wal")
-}
-
-fn parse_segment_name(name: &str) -> Option<(u64, u32)> {
-    let (seq, salt) = name.strip_suffix(".wal")?.split_once('-')?;
-    if seq.len() != 16 || salt.len() != 8 {
-        return None;
-    }
-    Some((
-        u64::from_str_radix(seq, 16).ok()?,
-        u32::from_str_radix(salt, 16).ok()?,
-    ))
-}
-
-/// A salt for a new segment's checksums. It need not be secret, only unpredictable to clients
-/// and different between segments; `RandomState` is seeded by the OS.
-fn random_salt() -> u32 {
-    let mut h = RandomState::new().build_hasher();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.write_u128(nanos);
-    let v = h.finish();
-    (v ^ (v >> 32)) as u32
-}
-
-/// Creates segment `seq` holding only its header, durably (file and directory fsynced).
-fn create_segment(
-    wal_dir: &Path,
-    seq: u64,
-    snapshot: &SnapshotMeta,
-    hs: &HardState,
-    last_index: Index,
-) -> Result<Segment> {
-    let salt = random_salt();
-    let path = wal_dir.join(segment_name(seq, salt));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(StorageError::io("create", &path))?;
-    let mut buf = Vec::new();
-    record::put_frame(&mut buf, salt, KIND_HEADER, |b| {
-        b.extend_from_slice(WAL_MAGIC);
-        b.push(WAL_VERSION);
-        codec::put_u64(b, seq);
-        codec::put_snapshot_meta(b, snapshot);
-        codec::put_hard_state(b, hs);
-        codec::put_u64(b, last_index);
-    })
-    .map_err(|len| StorageError::RecordTooLarge {
-        len: len as u64,
-        max: MAX_BODY_LEN as u64,
-    })?;
-    file.write_all_at(&buf, 0)
-        .map_err(StorageError::io("write", &path))?;
-    file.sync_all().map_err(StorageError::io("fsync", &path))?;
-    fsutil::sync_dir(wal_dir)?;
-    let size = buf.len() as u64;
-    Ok(Segment {
-        seq,
-        salt,
-        path,
-        file,
-        size,
-        header_end: size,
-        max_index: 0,
-    })
-}
-
-/// An entry seen during replay: the entry (for the core) and where it is (for later reads).
-struct Replayed {
-    entry: Entry,
-    loc: EntryLoc,
-}
-
-impl Termed for Replayed {
-    fn term(&self) -> Term {
-        self.entry.term
-    }
-}
-
-/// The state rebuilt by replaying the segments in order.
-///
-/// Compaction deletes old segments, so replay starts from the header of the oldest one left and
-/// may then meet entries that continue a log whose beginning is gone (their predecessors were in
-/// deleted segments). Such a stretch is *unverified*; a later `Snapshot` record must cover the
-/// missing part, or the log has a real hole and recovery fails.
-#[derive(Default)]
-struct Replay {
-    started: bool,
-    snapshot: SnapshotMeta,
-    hard_state: HardState,
-    log: Log<Replayed>,
-    /// False while the log's start is a restart point after missing entries, not a snapshot.
-    unverified_since: Option<(PathBuf, u64)>,
-}
-
-impl Replay {
-    /// Replays one segment; returns it opened for appending, or `None` if it was the last one and
-    /// held not even a complete header (a crash while creating it), in which case it is deleted.
-    fn segment(
-        &mut self,
-        name: SegmentName,
-        is_last: bool,
-        wal_dir: &Path,
-    ) -> Result<Option<Segment>> {
-        let path = name.path;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(StorageError::io("open", &path))?;
-        let buf = fs::read(&path).map_err(StorageError::io("read", &path))?;
-        let mut header_end = None;
-        let mut max_index: Index = 0;
-        let mut first = true;
-        let end = record::scan(&buf, 0, name.salt, |frame| {
-            let offset = frame.offset as u64;
-            let mut d = Decoder::new(frame.payload);
-            if std::mem::take(&mut first) {
-                if frame.kind != KIND_HEADER {
-                    return Err("segment does not start with a header record".into());
-                }
-                header_end = Some(offset + (record::HEADER_LEN + 1 + frame.payload.len()) as u64);
-                return self.header(&mut d, name.seq, &path);
-            }
-            match frame.kind {
-                KIND_ENTRY => {
-                    let entry = codec::get_entry(&mut d).map_err(|e| e.to_string())?;
-                    d.finish().map_err(|e| e.to_string())?;
-                    max_index = max_index.max(entry.index);
-                    let loc = EntryLoc {
-                        term: entry.term,
-                        seq: name.seq,
-                        offset,
-                        len: (record::HEADER_LEN + 1 + frame.payload.len()) as u32,
-                    };
-                    self.entry(entry, loc, &path)
-                }
-                KIND_HARD_STATE => {
-                    self.hard_state = codec::get_hard_state(&mut d).map_err(|e| e.to_string())?;
-                    d.finish().map_err(|e| e.to_string())
-                }
-                KIND_SNAPSHOT => {
-                    let meta = codec::get_snapshot_meta(&mut d).map_err(|e| e.to_string())?;
-                    let last = d.u64().map_err(|e| e.to_string())?;
-                    d.finish().map_err(|e| e.to_string())?;
-                    self.snapshot(meta, last)
-                }
-                KIND_HEADER => Err("a header record in the middle of a segment".into()),
-                kind => Err(format!("unknown record type {kind}")),
-            }
-        });
-        let size = match end {
-            ScanEnd::Clean => buf.len() as u64,
-            ScanEnd::Corrupt { offset, reason } => {
-                return Err(StorageError::corrupt(&path, offset as u64, reason));
-            }
-            ScanEnd::Torn { offset } if !is_last => {
-                return Err(StorageError::corrupt(
-                    &path,
-                    offset as u64,
-                    "bad record at the end of a sealed segment (it was fsynced before the next \
-                     segment was created, so this is not a torn write)",
-                ));
-            }
-            ScanEnd::Torn { offset } => {
-                // Never acknowledged: cut it off, durably, before anything is appended after it.
-                file.set_len(offset as u64)
-                    .and_then(|()| file.sync_all())
-                    .map_err(StorageError::io("truncate torn tail", &path))?;
-                offset as u64
-            }
-        };
-        let Some(header_end) = header_end else {
-            // Only possible for a last segment cut inside its header (anything else is Corrupt
-            // above): it never held a record, so it can go.
-            drop(file);
-            fsutil::remove_file(&path)?;
-            fsutil::sync_dir(wal_dir)?;
-            return Ok(None);
-        };
-        Ok(Some(Segment {
-            seq: name.seq,
-            salt: name.salt,
-            path,
-            file,
-            size,
-            header_end,
-            max_index,
-        }))
-    }
-
-    fn header(&mut self, d: &mut Decoder<'_>, seq: u64, path: &Path) -> Result<(), String> {
-        let mut magic = [0u8; 4];
-        for b in &mut magic {
-            *b = d.u8().map_err(|e| e.to_string())?;
-        }
-        if &magic != WAL_MAGIC {
-            return Err("bad segment magic".into());
-        }
-        let version = d.u8().map_err(|e| e.to_string())?;
-        if version != WAL_VERSION {
-            return Err(format!("unsupported WAL format version {version}"));
-        }
-        let header_seq = d.u64().map_err(|e| e.to_string())?;
-        if header_seq != seq {
-            return Err(format!(
-                "header says segment {header_seq}, file name says {seq}"
-            ));
-        }
-        let snapshot = codec::get_snapshot_meta(d).map_err(|e| e.to_string())?;
-        let hs = codec::get_hard_state(d).map_err(|e| e.to_string())?;
-        let last = d.u64().map_err(|e| e.to_string())?;
-        d.finish_ref().map_err(|e| e.to_string())?;
-        if last < snapshot.index {
-            return Err(format!(
-                "header says the log ends at {last}, below its snapshot at {}",
-                snapshot.index
-            ));
-        }
-        if !self.started {
-            // The oldest segment left: its header is where replay starts. Entries after the
-            // snapshot up to `last` were in segments compaction deleted (or, for the very first
-            // segment, there are none): unknown until a later snapshot record covers them.
-            self.started = true;
-            if last > snapshot.index {
-                self.log = Log::empty(last, 0);
-                self.unverified_since = Some((path.to_path_buf(), 0));
-            } else {
-                self.log = Log::empty(snapshot.index, snapshot.term);
-            }
-            self.snapshot = snapshot;
-            self.hard_state = hs;
-        } else if snapshot != self.snapshot
-            || hs != self.hard_state
-            || last != self.log.last_index()
-        {
-            return Err("header disagrees with the state replayed from earlier segments".into());
-        }
-        Ok(())
-    }
-
-    fn entry(&mut self, entry: Entry, loc: EntryLoc, path: &Path) -> Result<(), String> {
-        let index = entry.index;
-        if index <= self.snapshot.index {
-            return Err(format!(
-                "entry {index} is at or below the snapshot at {}",
-                self.snapshot.index
-            ));
-        }
-        let gap = index > self.log.last_index() + 1;
-        let below_restart = self.unverified_since.is_some() && index <= self.log.base();
-        if gap || below_restart {
-            // The entries before this one were in compacted segments (see the type's docs).
-            self.log.reset(index - 1, 0);
-            self.unverified_since = Some((path.to_path_buf(), loc.offset));
-        }
-        self.log.push(index, Replayed { entry, loc });
-        Ok(())
-    }
-
-    fn snapshot(&mut self, meta: SnapshotMeta, last: Index) -> Result<(), String> {
-        if meta.index < self.snapshot.index {
-            return Err(format!(
-                "snapshot record at {} is older than the snapshot at {}",
-                meta.index, self.snapshot.index
-            ));
-        }
-        let keep = last > meta.index;
-        if keep && self.log.last_index() != last {
-            return Err(format!(
-                "snapshot record keeps the log up to {last}, but the replayed log ends at {}",
-                self.log.last_index()
-            ));
-        }
-        if keep && self.log.base() > meta.index {
-            // The entries between this snapshot and the restart point were in compacted segments:
-            // an older snapshot record, superseded by a later one that covers them (compaction
-            // only deletes what a durable snapshot covers). Until then the log stays unverified.
-            if self.unverified_since.is_none() {
-                return Err(format!(
-                    "snapshot record at {} is below the log's start at {}",
-                    meta.index,
-                    self.log.first_index()
-                ));
-            }
-            self.snapshot = meta;
-            return Ok(());
-        }
-        self.log.rebase(meta.index, meta.term, keep);
-        self.unverified_since = None;
-        self.snapshot = meta;
-        Ok(())
-    }
-
-    /// Final checks once every segment is replayed.
-    fn finish(&self) -> Result<()> {
-        match &self.unverified_since {
-            None => Ok(()),
-            Some((path, offset)) => Err(StorageError::corrupt(
-                path,
-                *offset,
-                format!(
-                    "entries before index {} are missing (a WAL segment was lost)",
-                    self.log.first_index()
-                ),
-            )),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segment_names_round_trip() {
-        let name = segment_name(42, 0xdead_beef);
-        assert_eq!(parse_segment_name(&name), Some((42, 0xdead_beef)));
-        assert_eq!(parse_segment_name("42-deadbeef.wal"), None);
-        assert_eq!(
-            parse_segment_name("000000000000002a-deadbeef.wal.bak"),
-            None
-        );
-    }
-
-    #[test]
-    fn salts_differ() {
-        assert_ne!(random_salt(), random_salt());
     }
 }

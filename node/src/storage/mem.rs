@@ -10,7 +10,8 @@ use raftkv_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 use super::LogStorage;
 use super::error::{Result, StorageError};
 use super::log::Log;
-use super::snapshot::{SnapshotStore, StagedSnapshot};
+use super::snapshot::SnapshotStore;
+use super::snapshot_stream::StagedSnapshot;
 
 /// One state of the storage: hard state, snapshot and the log after it.
 #[derive(Clone, Debug, Default)]

@@ -8,14 +8,17 @@
 //! - [`LogStorage`]: the trait the driver (and the conformance tests) use;
 //! - [`DiskStorage`]: a segmented write-ahead log and snapshot files in a data directory;
 //! - [`MemStorage`]: the same contract in memory, with [`MemStorage::crash`] for the simulation;
-//! - [`SnapshotStore`], [`SnapshotWriter`], [`StagedSnapshot`], [`SnapshotReader`]: snapshot data
-//!   as byte streams, committed atomically;
+//! - [`SnapshotStore`] (`snapshot`): where committed snapshots live, committed atomically;
+//!   [`SnapshotWriter`], [`StagedSnapshot`], [`SnapshotReader`] (`snapshot_stream`): snapshot
+//!   data as byte streams, and its file format;
 //! - [`StorageThread`] / [`StorageHandle`]: group commit on a dedicated OS thread, so that an fsync
 //!   never blocks an async worker (DESIGN.md §3);
 //! - [`StorageError`]: every failure, typed.
 //!
 //! Internals: `codec` (binary encoding of the core's types), `record` (WAL framing and the
-//! torn-tail/corruption scan), `log` (the log rules both implementations share), `fsutil`.
+//! torn-tail/corruption scan), `segment` (WAL segment files and their header), `replay`
+//! (recovery of a data directory at open), `log` (the log rules both implementations share),
+//! `fsutil`.
 //!
 //! Nothing here depends on tokio: the thread answers through callbacks that an async driver can
 //! turn into oneshot channels.
@@ -44,7 +47,10 @@ mod fsutil;
 mod log;
 mod mem;
 mod record;
+mod replay;
+mod segment;
 mod snapshot;
+mod snapshot_stream;
 mod thread;
 
 use raftkv_raft::{Entry, HardState, Index, SnapshotMeta, Term};
@@ -52,7 +58,8 @@ use raftkv_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 pub use disk::{DiskOptions, DiskStats, DiskStorage};
 pub use error::{Result, StorageError};
 pub use mem::MemStorage;
-pub use snapshot::{SnapshotReader, SnapshotStore, SnapshotWriter, StagedSnapshot};
+pub use snapshot::SnapshotStore;
+pub use snapshot_stream::{SnapshotReader, SnapshotWriter, StagedSnapshot};
 pub use thread::{Callback, StorageHandle, StorageThread, WriteBatch};
 
 /// What a node restarts from: everything needed to build the Raft core's initial state.

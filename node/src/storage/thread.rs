@@ -20,7 +20,7 @@ use raftkv_raft::{Entry, HardState, Index};
 
 use super::LogStorage;
 use super::error::{Result, StorageError};
-use super::snapshot::StagedSnapshot;
+use super::snapshot_stream::StagedSnapshot;
 
 /// The most requests folded into one fsync; bounds how long the first of them waits.
 const MAX_BATCH: usize = 1024;
@@ -66,7 +66,8 @@ impl Drop for Reply {
     }
 }
 
-enum Command {
+/// What a [`StorageHandle`] asks of the storage thread, in the order it was sent.
+enum StorageOp {
     Write(WriteBatch, Reply),
     Compact(Index, Reply),
     Stop,
@@ -75,7 +76,7 @@ enum Command {
 /// Sends requests to a [`StorageThread`]. Cheap to clone; usable from any thread or task.
 #[derive(Clone, Debug)]
 pub struct StorageHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<StorageOp>,
 }
 
 impl StorageHandle {
@@ -85,7 +86,7 @@ impl StorageHandle {
         // If the thread is gone, the returned command is dropped here and its Reply says Stopped.
         let _ = self
             .tx
-            .send(Command::Write(batch, Reply(Some(Box::new(done)))));
+            .send(StorageOp::Write(batch, Reply(Some(Box::new(done)))));
     }
 
     /// Queues a compaction up to `upto` (see [`LogStorage::compact`]), ordered after the writes
@@ -93,7 +94,7 @@ impl StorageHandle {
     pub fn compact(&self, upto: Index, done: impl FnOnce(Result<()>) + Send + 'static) {
         let _ = self
             .tx
-            .send(Command::Compact(upto, Reply(Some(Box::new(done)))));
+            .send(StorageOp::Compact(upto, Reply(Some(Box::new(done)))));
     }
 
     /// Submits `batch` and blocks until it is durable. For tests and tools; async code should use
@@ -145,7 +146,7 @@ impl<S: LogStorage + Send + 'static> StorageThread<S> {
 
     fn stop(&mut self) -> Option<S> {
         let join = self.join.take()?;
-        let _ = self.handle.tx.send(Command::Stop);
+        let _ = self.handle.tx.send(StorageOp::Stop);
         // `Err` only if the thread panicked (a callback did); its requests were answered `Stopped`.
         join.join().ok()
     }
@@ -154,14 +155,14 @@ impl<S: LogStorage + Send + 'static> StorageThread<S> {
 impl<S> Drop for StorageThread<S> {
     fn drop(&mut self) {
         if let Some(join) = self.join.take() {
-            let _ = self.handle.tx.send(Command::Stop);
+            let _ = self.handle.tx.send(StorageOp::Stop);
             let _ = join.join();
         }
     }
 }
 
 /// The thread's loop: take everything waiting, apply in order, one sync, answer.
-fn run<S: LogStorage>(mut storage: S, rx: mpsc::Receiver<Command>) -> S {
+fn run<S: LogStorage>(mut storage: S, rx: mpsc::Receiver<StorageOp>) -> S {
     let mut stopping = false;
     while !stopping {
         let Ok(first) = rx.recv() else { break };
@@ -177,15 +178,15 @@ fn run<S: LogStorage>(mut storage: S, rx: mpsc::Receiver<Command>) -> S {
         let mut wrote = false;
         for command in commands {
             match command {
-                Command::Stop => stopping = true,
+                StorageOp::Stop => stopping = true,
                 // Requests queued behind the stop are dropped: their Reply answers `Stopped`.
                 _ if stopping => {}
-                Command::Write(batch, reply) => {
+                StorageOp::Write(batch, reply) => {
                     let r = apply(&mut storage, batch);
                     wrote |= r.is_ok();
                     answers.push((reply, r, true));
                 }
-                Command::Compact(upto, reply) => {
+                StorageOp::Compact(upto, reply) => {
                     let r = storage.compact(upto);
                     answers.push((reply, r, false));
                 }

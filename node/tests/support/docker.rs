@@ -39,6 +39,10 @@ use std::time::{Duration, Instant};
 use raftkv_proto::v1 as pb;
 use tonic::transport::Endpoint;
 
+// Polling is the process harness's: one implementation for every cluster kind.
+use super::cluster::agreed_leader;
+use super::wait::wait_for;
+
 /// The headless Service's name, as in a `default` namespace of a cluster.
 pub const SERVICE: &str = "kv-headless.default.svc.cluster.local";
 /// The StatefulSet's name: pods are `kv-0`, `kv-1`, ...
@@ -663,7 +667,7 @@ impl DockerCluster {
     /// voters (itself included). A deposed leader that has not noticed yet does not count.
     pub async fn try_leader(&self) -> Option<u64> {
         let views: Vec<pb::StatusResponse> = self.statuses().await.into_values().collect();
-        crate::fault::process::agreed_leader(&views)
+        agreed_leader(&views)
     }
 
     /// Waits up to `timeout` for [`DockerCluster::try_leader`] to name a node other than
@@ -723,6 +727,3 @@ fn create_network(name: &str) -> u8 {
     }
     panic!("no free subnet 10.214.x.0/24 for the test network: {last_error}")
 }
-
-// Polling is the process harness's `wait_for`: one implementation for every cluster kind.
-pub use crate::fault::process::wait_for;

@@ -26,13 +26,6 @@
 //! The history of a run goes to a JSON-lines file, kept when the run fails (the path is printed)
 //! or when `FAULT_KEEP_HISTORY=1`.
 
-#![allow(dead_code)]
-
-#[path = "history.rs"]
-pub mod history;
-#[path = "process.rs"]
-pub mod process;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -40,9 +33,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use history::{CheckOptions, EventType, Func, Op, Recorder, Report, Verdict};
-use process::{Cluster, ClusterOptions, Network};
 use raftkv_client::{Client, ClientOptions, Consistency};
+
+use super::cluster::{Cluster, ClusterOptions, Network};
+use super::history::{self, CheckOptions, EventType, Func, Op, Recorder, Report, Verdict};
+use super::netns::Net;
 
 // ----- configuration -------------------------------------------------------------------------
 
@@ -390,7 +385,7 @@ pub async fn run_seed(seed: u64, cfg: &RunConfig) -> RunResult {
         history_path.display()
     );
     let mut nemesis_cfg = cfg.nemesis.clone();
-    if !process::netns::Net::can_cut_peers() {
+    if !Net::can_cut_peers() {
         eprintln!("[fault] neither nft nor iptables works here: no peer-only cuts in this run");
         nemesis_cfg.weights.retain(|(k, _)| !k.needs_firewall());
     }

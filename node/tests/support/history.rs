@@ -102,9 +102,6 @@
 //! most one entry per step, each a bitmap of the key's events, so at worst steps × 2 ×
 //! operations bytes (some 300 MB for a 300-operation key).
 
-// Each test binary uses a subset of this module.
-#![allow(dead_code)]
-
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;

@@ -11,11 +11,7 @@
 //! slower but not flaky. Timeouts panic with the last thing observed, which is what one needs to
 //! diagnose a failure from a CI log.
 //!
-//! Shared by several test binaries with `#[path = "support/inprocess.rs"] mod inprocess;`.
 //! Set `RUST_LOG=raftkv_node=debug` to see the nodes' logs (captured per test by libtest).
-
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::future::Future;

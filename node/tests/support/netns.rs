@@ -40,9 +40,6 @@
 //! Needs root and a working `ip netns`; see [`netns_or_skip`] for how tests that need it behave
 //! where it is missing.
 
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;

@@ -8,10 +8,9 @@
 //!   node that finds the cluster and waits to be added); and what it needs to look at the cluster:
 //!   [`Cluster::status`] of one node, [`Cluster::leader`] (agreed by a quorum),
 //!   [`Cluster::wait_voter`], [`Cluster::wait_caught_up`], [`Cluster::client`].
-//! - [`Writers`] / [`History`]: concurrent writers that put unique keys with unique values and
-//!   record every outcome (acknowledged, unknown, failed) with its time, and the check that the
-//!   cluster holds exactly what the history allows.
-//! - [`wait_for`]: the one polling loop every "eventually" in a test goes through.
+//!
+//! The writes a test makes against a cluster are in `workload.rs`, its ports come from
+//! `ports.rs`, and every wait goes through `wait.rs`.
 //!
 //! Networks ([`ClusterOptions::network`]):
 //! - [`Network::Loopback`] (the default): every node on 127.0.0.1 with its own ports.
@@ -24,7 +23,7 @@
 //!   `--discovery dns:<service> --hostname kv-<id - 1>` and find each other through their
 //!   namespaces' hosts files. A node's name is published there when it is launched (a pod's DNS
 //!   record appears with the pod) and follows it when it moves ([`Cluster::move_node`]).
-//!   Tests that use it call [`netns::netns_or_skip`] first.
+//!   Tests that use it call [`netns_or_skip`](super::netns::netns_or_skip) first.
 //!
 //! Hygiene, and why:
 //! - Ports are picked at random *below* the kernel's ephemeral range and checked by binding: the
@@ -58,27 +57,27 @@
 // Each test file uses a different part of this harness.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use raftkv_client::{Client, ClientOptions, Consistency, KeyValue};
+use raftkv_client::{Client, Consistency, KeyValue};
 use raftkv_proto::v1 as pb;
 use tempfile::TempDir;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-#[path = "netns.rs"]
-pub mod netns;
-use netns::Net;
+use super::netns::Net;
+use super::ports::reserve_ports;
+use super::wait::{POLL_INTERVAL, wait_for};
+use super::workload::{WriteHistory, assert_problems_empty};
+use super::{random_u64, test_client_options};
 
 /// The node binary under test, built by cargo for this package's integration tests.
 pub const KVNODE: &str = env!("CARGO_BIN_EXE_kvnode");
@@ -86,8 +85,6 @@ pub const KVNODE: &str = env!("CARGO_BIN_EXE_kvnode");
 /// How long one `Cluster.Status` call may take. A SIGSTOPped node never answers, and a poll
 /// must not hang on it.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often [`wait_for`] probes.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Lines of each node's log printed when a test fails.
 const LOG_TAIL_LINES: usize = 60;
 /// How many times a start that lost a port race is retried.
@@ -150,17 +147,6 @@ impl Default for ClusterOptions {
             network: Network::Loopback,
             dns_service: None,
         }
-    }
-}
-
-/// Client options for tests: a long call budget (a failover must not turn writes into unknown
-/// outcomes needlessly) but short attempts, so that a hung (SIGSTOPped) node costs little.
-pub fn test_client_options() -> ClientOptions {
-    ClientOptions {
-        timeout: Duration::from_secs(10),
-        attempt_timeout: Duration::from_millis(1500),
-        connect_timeout: Duration::from_millis(500),
-        ..ClientOptions::default()
     }
 }
 
@@ -1099,7 +1085,7 @@ impl Cluster {
     pub async fn assert_replica_matches(
         &self,
         id: u64,
-        history: &History,
+        history: &WriteHistory,
         within: Duration,
     ) -> Duration {
         let caught_up = self.wait_caught_up(id, within).await;
@@ -1239,65 +1225,6 @@ fn read_log_from(path: &Path, offset: u64) -> String {
     text
 }
 
-// ----- ports ---------------------------------------------------------------------------------
-
-/// Ports handed out by this process, never handed out twice: clusters of concurrent tests (and
-/// a node restarting on its old ports) must not collide with each other.
-static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-
-/// `count` distinct ports that were free a moment ago. See the module docs for why they come
-/// from below the ephemeral range.
-fn reserve_ports(count: usize) -> Vec<u16> {
-    let mut handed_out = lock(&HANDED_OUT);
-    let (low, high) = port_range();
-    let mut ports = Vec::with_capacity(count);
-    for _ in 0..100_000 {
-        if ports.len() == count {
-            break;
-        }
-        let port = match (low, high) {
-            (Some(low), Some(high)) => low + (random_u64() % u64::from(high - low)) as u16,
-            // No usable range below the ephemeral one: let the kernel pick.
-            _ => match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
-                Ok(addr) => addr.port(),
-                Err(_) => continue,
-            },
-        };
-        if !handed_out.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            handed_out.insert(port);
-            ports.push(port);
-        }
-    }
-    assert_eq!(ports.len(), count, "could not find {count} free ports");
-    ports
-}
-
-/// `[20000, start of the ephemeral range)`, if that range is reasonably large.
-fn port_range() -> (Option<u16>, Option<u16>) {
-    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let low = 20_000u16;
-    if ephemeral_low >= low + 2_000 {
-        (Some(low), Some(ephemeral_low))
-    } else {
-        (None, None)
-    }
-}
-
-/// A random number without a dependency: std's hasher keys are random per process.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A test that panicked while holding a lock left consistent data (single updates).
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The leader a set of `Cluster.Status` answers agree on: a node that says it leads in the
 /// highest term any of them reports, named as leader in that term by a majority of its voters
 /// (itself included). A deposed leader that has not noticed yet does not count.
@@ -1318,412 +1245,4 @@ pub fn agreed_leader(views: &[pb::StatusResponse]) -> Option<u64> {
         .filter(|s| voters.contains(&s.node_id))
         .count();
     (agree > voters.len() / 2).then_some(leader.node_id)
-}
-
-// ----- polling -------------------------------------------------------------------------------
-
-/// Probes every 50 ms until `probe` returns `Some`, and returns it; panics with `what` and the
-/// time waited if `timeout` passes first.
-pub async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    match try_wait_for(timeout, &mut probe).await {
-        Some(value) => value,
-        None => panic!("timed out after {timeout:?} waiting for {what}"),
-    }
-}
-
-/// Like [`wait_for`], but `None` on timeout.
-pub async fn try_wait_for<T>(
-    timeout: Duration,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-// ----- workload ------------------------------------------------------------------------------
-
-/// What became of one write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Acknowledged with this version, by the node the client then believed to lead.
-    Acked {
-        /// The version (log index) the cluster answered.
-        version: u64,
-        /// [`Client::leader`] right after the answer: the node that acknowledged it.
-        leader: Option<String>,
-    },
-    /// The client gave up without an answer: the write may or may not have been applied.
-    Unknown(String),
-    /// A definite failure: the write had no effect.
-    Failed(String),
-}
-
-/// One write of a [`Writers`] workload.
-#[derive(Clone, Debug)]
-pub struct WriteRecord {
-    /// Which writer made it.
-    pub writer: usize,
-    /// The key; every write has its own.
-    pub key: String,
-    /// The value; unique too.
-    pub value: String,
-    /// When the call was made.
-    pub invoked: Instant,
-    /// When it returned.
-    pub completed: Instant,
-    /// What it returned.
-    pub outcome: Outcome,
-}
-
-impl WriteRecord {
-    /// The acknowledged version, if the write was acknowledged.
-    pub fn acked_version(&self) -> Option<u64> {
-        match self.outcome {
-            Outcome::Acked { version, .. } => Some(version),
-            _ => None,
-        }
-    }
-
-    /// The node that acknowledged it (`http://host:port`), if it was acknowledged.
-    pub fn acked_by(&self) -> Option<&str> {
-        match &self.outcome {
-            Outcome::Acked { leader, .. } => leader.as_deref(),
-            _ => None,
-        }
-    }
-}
-
-/// Concurrent writers, each with its own [`Client`] (own session, own leader cache), putting
-/// `<prefix>/<writer>/<n>` = a unique value in a loop, and recording every outcome.
-pub struct Writers {
-    prefix: String,
-    stop: Arc<AtomicBool>,
-    records: Arc<Mutex<Vec<WriteRecord>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Writers {
-    /// Starts `count` writers against `endpoints`. With `limit`, each writer stops after that
-    /// many writes (see [`Writers::finish`]); otherwise they run until [`Writers::stop`].
-    pub async fn start(
-        endpoints: Vec<String>,
-        prefix: &str,
-        count: usize,
-        limit: Option<u64>,
-    ) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let records = Arc::new(Mutex::new(Vec::new()));
-        let run = format!("{:08x}", random_u64() as u32);
-        let mut tasks = Vec::with_capacity(count);
-        for writer in 0..count {
-            let client = Client::connect(endpoints.clone(), test_client_options())
-                .await
-                .expect("client for a writer");
-            let (stop, records) = (stop.clone(), records.clone());
-            let (prefix, run) = (prefix.to_owned(), run.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut n: u64 = 0;
-                while !stop.load(Ordering::Relaxed) && limit.is_none_or(|l| n < l) {
-                    n += 1;
-                    let key = format!("{prefix}/{writer:02}/{n:08}");
-                    let value = format!("{run}:{writer}:{n}");
-                    let invoked = Instant::now();
-                    let result = client.put(key.clone(), value.clone()).await;
-                    let outcome = match result {
-                        Ok(version) => Outcome::Acked {
-                            version,
-                            leader: client.leader(),
-                        },
-                        Err(e) if e.is_outcome_unknown() => Outcome::Unknown(e.to_string()),
-                        Err(e) => Outcome::Failed(e.to_string()),
-                    };
-                    let acked = matches!(outcome, Outcome::Acked { .. });
-                    lock(&records).push(WriteRecord {
-                        writer,
-                        key,
-                        value,
-                        invoked,
-                        completed: Instant::now(),
-                        outcome,
-                    });
-                    if !acked {
-                        // Do not spin on a cluster that refuses everything.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }));
-        }
-        Writers {
-            prefix: prefix.to_owned(),
-            stop,
-            records,
-            tasks,
-        }
-    }
-
-    /// A copy of the records so far.
-    pub fn records(&self) -> Vec<WriteRecord> {
-        lock(&self.records).clone()
-    }
-
-    /// How many writes have been acknowledged so far.
-    pub fn acked(&self) -> usize {
-        lock(&self.records)
-            .iter()
-            .filter(|r| r.acked_version().is_some())
-            .count()
-    }
-
-    /// Waits for a record matching `pred` and returns it (the earliest completed one).
-    pub async fn wait_for_record(
-        &self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&WriteRecord) -> bool,
-    ) -> WriteRecord {
-        wait_for(what, timeout, async || {
-            lock(&self.records)
-                .iter()
-                .filter(|r| pred(r))
-                .min_by_key(|r| r.completed)
-                .cloned()
-        })
-        .await
-    }
-
-    /// Waits until `n` more writes than now have been acknowledged.
-    pub async fn wait_more_acked(&self, n: usize, timeout: Duration) {
-        let target = self.acked() + n;
-        wait_for(
-            &format!("{n} more acknowledged writes"),
-            timeout,
-            async || (self.acked() >= target).then_some(()),
-        )
-        .await;
-    }
-
-    /// Stops the writers (each finishes its current write) and returns the history.
-    pub async fn stop(self) -> History {
-        self.stop.store(true, Ordering::Relaxed);
-        self.finish().await
-    }
-
-    /// Waits for the writers to end on their own (with a `limit`) and returns the history.
-    pub async fn finish(self) -> History {
-        for task in self.tasks {
-            task.await.expect("a writer task panicked");
-        }
-        let records = std::mem::take(&mut *lock(&self.records));
-        History {
-            prefix: self.prefix,
-            records,
-        }
-    }
-}
-
-/// The writes of a [`Writers`] run, and what the cluster must hold because of them.
-#[derive(Clone, Debug)]
-pub struct History {
-    /// The key prefix of the run.
-    pub prefix: String,
-    /// Every write, in the order the writers recorded them.
-    pub records: Vec<WriteRecord>,
-}
-
-/// Counts of a history, as printed by tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Acknowledged writes.
-    pub acked: usize,
-    /// Writes with an unknown outcome.
-    pub unknown: usize,
-    /// Writes that definitely failed.
-    pub failed: usize,
-    /// Unknown-outcome writes that turned out to be applied.
-    pub unknown_applied: usize,
-}
-
-impl History {
-    /// `[start, end)` of the run's keys.
-    pub fn range(&self) -> (String, String) {
-        // '0' is the byte after '/': the end of everything under "<prefix>/".
-        (format!("{}/", self.prefix), format!("{}0", self.prefix))
-    }
-
-    /// Adds another run's records (with the same prefix) to this one.
-    pub fn extend(&mut self, other: History) {
-        assert_eq!(self.prefix, other.prefix, "histories of different prefixes");
-        self.records.extend(other.records);
-    }
-
-    /// Counts of acknowledged, unknown and failed writes.
-    pub fn counts(&self) -> Counts {
-        let mut c = Counts::default();
-        for r in &self.records {
-            match r.outcome {
-                Outcome::Acked { .. } => c.acked += 1,
-                Outcome::Unknown(_) => c.unknown += 1,
-                Outcome::Failed(_) => c.failed += 1,
-            }
-        }
-        c
-    }
-
-    /// The longest time between two consecutive acknowledgements (of any writer) where the
-    /// second one came after `from`: how long the cluster accepted no writes around `from`.
-    pub fn longest_ack_gap_after(&self, from: Instant) -> Duration {
-        let mut acks: Vec<Instant> = self
-            .records
-            .iter()
-            .filter(|r| r.acked_version().is_some())
-            .map(|r| r.completed)
-            .collect();
-        acks.sort();
-        acks.windows(2)
-            .filter(|w| w[1] > from)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or_default()
-    }
-
-    /// Checks `items` (a scan of [`History::range`] made after the writers stopped) against the
-    /// history: every acknowledged write is there with its value and version, every failed one
-    /// is absent, an unknown one is absent or has its value, and nothing else is there.
-    /// Returns the problems found (empty: all good) and the counts.
-    pub fn check(&self, items: &[KeyValue]) -> (Vec<String>, Counts) {
-        let mut problems = Vec::new();
-        let mut counts = self.counts();
-        let found: BTreeMap<&[u8], &KeyValue> =
-            items.iter().map(|kv| (kv.key.as_ref(), kv)).collect();
-        let mut known: BTreeSet<&[u8]> = BTreeSet::new();
-        for r in &self.records {
-            known.insert(r.key.as_bytes());
-            let got = found.get(r.key.as_bytes());
-            match (&r.outcome, got) {
-                (Outcome::Acked { version, .. }, Some(kv))
-                    if kv.value.as_ref() == r.value.as_bytes() && kv.version == *version => {}
-                (Outcome::Acked { version, .. }, got) => problems.push(format!(
-                    "acknowledged write {}={} (version {version}) reads back as {}",
-                    r.key,
-                    r.value,
-                    describe(got.copied())
-                )),
-                (Outcome::Failed(_), None) => {}
-                (Outcome::Failed(e), got) => problems.push(format!(
-                    "failed write {}={} ({e}) is present: {}",
-                    r.key,
-                    r.value,
-                    describe(got.copied())
-                )),
-                (Outcome::Unknown(_), None) => {}
-                (Outcome::Unknown(_), Some(kv)) if kv.value.as_ref() == r.value.as_bytes() => {
-                    counts.unknown_applied += 1;
-                }
-                (Outcome::Unknown(_), got) => problems.push(format!(
-                    "unknown-outcome write {}={} reads back as {}",
-                    r.key,
-                    r.value,
-                    describe(got.copied())
-                )),
-            }
-        }
-        for kv in items {
-            if !known.contains(kv.key.as_ref()) {
-                problems.push(format!(
-                    "key {} was never written but holds {}",
-                    String::from_utf8_lossy(&kv.key),
-                    describe(Some(kv))
-                ));
-            }
-        }
-        (problems, counts)
-    }
-
-    /// Reads the run's keys back through `client` (LINEARIZABLE scan, plus LINEARIZABLE gets of
-    /// each writer's last acknowledged write and a sample of the others) and panics listing the
-    /// problems if the cluster does not hold what the history allows. Returns the counts.
-    pub async fn verify(&self, client: &Client) -> Counts {
-        let (start, end) = self.range();
-        let items = client
-            .scan_all(start, end, 0, Consistency::Linearizable)
-            .await
-            .unwrap_or_else(|e| panic!("scan of the written keys: {e}"));
-        let (mut problems, counts) = self.check(&items);
-        let acked: Vec<&WriteRecord> = self
-            .records
-            .iter()
-            .filter(|r| r.acked_version().is_some())
-            .collect();
-        let mut sample: Vec<&WriteRecord> = acked
-            .iter()
-            .step_by(acked.len() / 25 + 1)
-            .copied()
-            .collect();
-        for writer in self
-            .records
-            .iter()
-            .map(|r| r.writer)
-            .collect::<BTreeSet<_>>()
-        {
-            if let Some(last) = acked.iter().rev().find(|r| r.writer == writer) {
-                sample.push(last);
-            }
-        }
-        for r in sample {
-            let got = client
-                .get(r.key.clone(), Consistency::Linearizable)
-                .await
-                .unwrap_or_else(|e| panic!("get {}: {e}", r.key));
-            let ok = got.as_ref().is_some_and(|v| {
-                v.value == r.value.as_bytes() && Some(v.version) == r.acked_version()
-            });
-            if !ok {
-                problems.push(format!(
-                    "get of acknowledged write {}={} (version {:?}) returned {got:?}",
-                    r.key,
-                    r.value,
-                    r.acked_version()
-                ));
-            }
-        }
-        assert_problems_empty(&problems, "read-back");
-        counts
-    }
-}
-
-/// Panics listing (the first few of) `problems`, if there are any.
-pub fn assert_problems_empty(problems: &[String], what: &str) {
-    if problems.is_empty() {
-        return;
-    }
-    let shown: Vec<&str> = problems.iter().take(20).map(String::as_str).collect();
-    panic!(
-        "{what}: {} problem(s), the first {}:\n  {}",
-        problems.len(),
-        shown.len(),
-        shown.join("\n  ")
-    );
-}
-
-fn describe(kv: Option<&KeyValue>) -> String {
-    match kv {
-        None => "absent".to_owned(),
-        Some(kv) => format!(
-            "{:?} (version {})",
-            String::from_utf8_lossy(&kv.value),
-            kv.version
-        ),
-    }
 }
