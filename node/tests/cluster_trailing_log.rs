@@ -13,13 +13,14 @@
 //! snapshot from the leader, from its log line (logged at `info`, the harness's default filter).
 //! Run with `-- --nocapture` to see the indexes involved.
 
-#[path = "support/process.rs"]
-mod process;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use process::{Cluster, ClusterOptions, History, Writers, wait_for};
+use support::cluster::{Cluster, ClusterOptions};
+use support::wait::wait_for;
+use support::workload::{WriteHistory, Writers};
 
 /// Snapshot every this many applied entries.
 const SNAPSHOT_ENTRIES: u64 = 200;
@@ -67,7 +68,7 @@ async fn write_while_down(
     follower: u64,
     prefix: &str,
     beyond: u64,
-) -> (History, u64, u64, u64) {
+) -> (WriteHistory, u64, u64, u64) {
     let lo = cluster
         .status(follower)
         .await

@@ -21,16 +21,16 @@
 //! Budget: about 50 s of wall time and under 2 GB of disk in a debug build on 2 cores; the
 //! temporary directory is removed at the end.
 
-#[path = "support/process.rs"]
-mod process;
+mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use process::{Cluster, ClusterOptions, wait_for};
 use raftkv_client::{Client, ClientOptions, Consistency};
+use support::cluster::{Cluster, ClusterOptions};
+use support::wait::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -152,7 +152,7 @@ async fn snapshots_of_200_mb_are_taken_and_installed_without_an_election() {
         ClientOptions {
             timeout: LOAD_TIMEOUT,
             attempt_timeout: Duration::from_secs(20),
-            ..process::test_client_options()
+            ..support::test_client_options()
         },
     )
     .await
