@@ -36,7 +36,8 @@ use raftkv_raft::Index;
 
 use super::codec::{DecodeError, Reader, varint_bytes};
 use super::session::{MAX_CLIENT_ID_LEN, Recorded, Session, SessionConfig, SessionTable};
-use super::state_machine::{KvStateMachine, Stored, WriteResponse};
+use super::state_machine::{KvStateMachine, Stored};
+use super::types::WriteResponse;
 
 /// The first bytes of every KV snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"RKVS";
