@@ -285,7 +285,7 @@ async fn ask_peers(peers: &BTreeMap<NodeId, String>, channels: &mut PeerChannels
         .filter_map(|addr| channels.channel(addr))
         .map(ask_peer)
         .collect();
-    crate::join_all(asks.into_iter())
+    crate::task::join_all(asks.into_iter())
         .await
         .into_iter()
         .flatten()

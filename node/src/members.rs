@@ -203,18 +203,30 @@ pub fn snapshot_header(book: &MemberBook) -> BytesMut {
     out
 }
 
+/// Why a node snapshot could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadSnapshotError {
+    /// The snapshot file could not be read (or its checksum does not match).
+    #[error("reading: {0}")]
+    Read(#[from] std::io::Error),
+    /// The node's part (magic, version, address book) is malformed.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The state machine's part does not decode.
+    #[error(transparent)]
+    Kv(#[from] crate::kv::SnapshotError),
+}
+
 /// Reads a whole node snapshot from `reader` (a snapshot file, whose checksum the reader checks)
 /// and rebuilds the address book and the KV state machine from it. Blocking: the node calls it
 /// on the blocking pool, both at start-up and when it installs a snapshot from the leader.
 pub fn load_snapshot(
     mut reader: impl std::io::Read,
-) -> Result<(MemberBook, crate::kv::KvStateMachine), String> {
+) -> Result<(MemberBook, crate::kv::KvStateMachine), LoadSnapshotError> {
     let mut data = Vec::new();
-    reader
-        .read_to_end(&mut data)
-        .map_err(|e| format!("reading: {e}"))?;
-    let (book, kv) = decode_snapshot(data.into()).map_err(|e| e.to_string())?;
-    let kv = crate::kv::KvStateMachine::restore(&kv).map_err(|e| e.to_string())?;
+    reader.read_to_end(&mut data)?;
+    let (book, kv) = decode_snapshot(data.into())?;
+    let kv = crate::kv::KvStateMachine::restore(&kv)?;
     Ok((book, kv))
 }
 

@@ -119,7 +119,7 @@ impl Driver {
                     }
                 },
             };
-            crate::spawn(async move {
+            crate::task::spawn(async move {
                 if let Err(e) = publish_via(channel, id, addrs).await {
                     debug!(error = %e, "publishing own addresses failed; will retry");
                 }
@@ -182,9 +182,10 @@ impl Driver {
 }
 
 /// A lazily connected channel to a leader's peer port, for address publication.
-fn publish_channel(leader_peer: &str) -> Result<tonic::transport::Channel, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{leader_peer}"))
-        .map_err(|e| e.to_string())?
+fn publish_channel(
+    leader_peer: &str,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{leader_peer}"))?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(5));
     Ok(endpoint.connect_lazy())
@@ -195,7 +196,7 @@ async fn publish_via(
     channel: tonic::transport::Channel,
     id: NodeId,
     addrs: MemberAddrs,
-) -> Result<(), String> {
+) -> Result<(), tonic::Status> {
     use raftkv_proto::v1 as pb;
     let mut client = pb::cluster_client::ClusterClient::new(channel);
     client
@@ -204,7 +205,6 @@ async fn publish_via(
             peer_addr: addrs.peer,
             client_addr: addrs.client,
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(())
 }

@@ -22,6 +22,7 @@
 //! - `error`: why the loop stops ([`DriverError`]), apart from what a client is told.
 
 mod config;
+mod error;
 mod membership;
 mod reads;
 mod snapshot;
@@ -39,14 +40,18 @@ use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
 pub use config::DriverConfig;
+pub use error::DriverError;
 pub use status::Observed;
 
 use crate::error::NodeError;
-use crate::handle::Request;
+use crate::handle::DriverRequest;
 use crate::kv::KvStateMachine;
 use crate::members::{EntryKind, MemberAddrs, MemberBook};
 use crate::metrics::Metrics;
-use crate::storage::{Callback, SnapshotStore, StagedSnapshot, StorageHandle, WriteBatch};
+use crate::shutdown::Shutdown;
+use crate::storage::{
+    Callback, SnapshotStore, StagedSnapshot, StorageError, StorageHandle, WriteBatch,
+};
 use crate::transport::{Inbound, Transport};
 use reads::PendingRead;
 use snapshot::{Decoding, Received, SnapshotJob, snapshot_decoded, snapshot_written};
@@ -63,7 +68,7 @@ pub(crate) struct DriverParts {
     pub kv: KvStateMachine,
     pub book: MemberBook,
     pub advertise: MemberAddrs,
-    pub requests: mpsc::Receiver<Request>,
+    pub requests: mpsc::Receiver<DriverRequest>,
     pub inbound: mpsc::Receiver<Inbound>,
     pub transport: Transport,
     pub storage: StorageHandle,
@@ -82,7 +87,7 @@ pub(crate) struct Driver {
     kv: KvStateMachine,
     book: MemberBook,
     advertise: MemberAddrs,
-    requests: mpsc::Receiver<Request>,
+    requests: mpsc::Receiver<DriverRequest>,
     inbound: mpsc::Receiver<Inbound>,
     transport: Transport,
     storage: StorageHandle,
@@ -182,7 +187,7 @@ impl Driver {
             Some(PlantedBug::AckBeforeFsync) if self.write_behind.is_none() => {
                 let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, WriteBatch)>();
                 let storage = self.storage.clone();
-                crate::spawn(async move {
+                crate::task::spawn(async move {
                     while let Some((at, batch)) = rx.recv().await {
                         tokio::time::sleep_until((at + Duration::from_millis(200)).into()).await;
                         storage.submit(batch, |_| {});
@@ -202,11 +207,8 @@ impl Driver {
         self.cfg.planted_bug == Some(bug)
     }
 
-    /// Runs until `shutdown` turns true or storage fails.
-    pub(crate) async fn run(
-        mut self,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Result<(), NodeError> {
+    /// Runs until `shutdown` is triggered or storage fails.
+    pub(crate) async fn run(mut self, mut shutdown: Shutdown) -> Result<(), DriverError> {
         self.sync_transport_peers();
         let mut ticker = tokio::time::interval(self.cfg.tick);
         // After a stall, do not fire a burst of ticks: a burst would make election timers run
@@ -214,11 +216,7 @@ impl Driver {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        break;
-                    }
-                }
+                _ = shutdown.recv() => break,
                 _ = ticker.tick() => self.on_tick(),
                 Some(inb) = self.inbound.recv() => {
                     self.on_inbound(inb);
@@ -291,33 +289,33 @@ impl Driver {
         }
     }
 
-    fn on_request(&mut self, req: Request) {
+    fn on_request(&mut self, req: DriverRequest) {
         match req {
-            Request::Propose { cmd, reply } => {
+            DriverRequest::Propose { cmd, reply } => {
                 self.propose(EntryKind::Command(cmd), Waiter::Write(reply));
             }
-            Request::Read {
+            DriverRequest::Read {
                 query,
                 consistency,
                 reply,
             } => self.on_read(PendingRead { query, reply }, consistency),
-            Request::Status { reply } => {
+            DriverRequest::Status { reply } => {
                 let _ = reply.send(self.status());
             }
-            Request::AddMember {
+            DriverRequest::AddMember {
                 id,
                 peer_addr,
                 client_addr,
                 reply,
             } => self.on_add_member(id, peer_addr, client_addr, reply),
-            Request::RemoveMember { id, reply } => self.on_remove_member(id, reply),
-            Request::TransferLeader { id, reply } => self.on_transfer_leader(id, reply),
+            DriverRequest::RemoveMember { id, reply } => self.on_remove_member(id, reply),
+            DriverRequest::TransferLeader { id, reply } => self.on_transfer_leader(id, reply),
         }
     }
 
     // ----- Ready ----------------------------------------------------------------------------
 
-    async fn drain_ready(&mut self) -> Result<(), NodeError> {
+    async fn drain_ready(&mut self) -> Result<(), DriverError> {
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             self.handle_ready(&mut rd).await?;
@@ -329,7 +327,7 @@ impl Driver {
     }
 
     /// Carries out `rd`. Its messages are moved out (`advance` does not look at them).
-    async fn handle_ready(&mut self, rd: &mut Ready) -> Result<(), NodeError> {
+    async fn handle_ready(&mut self, rd: &mut Ready) -> Result<(), DriverError> {
         // 1. Messages that need nothing durable go out now, in parallel with our own fsync. A
         //    lease is timed from just before its heartbeats leave.
         let voters = self.raw.conf_state().voters.iter().copied();
@@ -375,7 +373,7 @@ impl Driver {
         };
         if !batch.is_empty() {
             let started = Instant::now();
-            let done = storage_call("storage", |cb| self.storage.submit(batch, cb)).await;
+            let done = storage_call(|cb| self.storage.submit(batch, cb)).await;
             self.metrics.fsync_duration.observe(started.elapsed());
             done?;
         }
@@ -404,7 +402,7 @@ impl Driver {
         Ok(())
     }
 
-    fn apply(&mut self, e: &Entry) -> Result<(), NodeError> {
+    fn apply(&mut self, e: &Entry) -> Result<(), DriverError> {
         let proposed_at = self.proposed_at.remove(&e.index);
         let waiter = match self.proposals.remove(&e.index) {
             Some((term, w)) if term == e.term => Some(w),
@@ -417,20 +415,16 @@ impl Driver {
         };
         match &e.payload {
             EntryPayload::Normal(data) => {
-                let kind = EntryKind::decode(data).map_err(|err| {
-                    // A committed entry every replica must apply identically: skipping it would
-                    // diverge from the others, so stop instead.
-                    NodeError::Internal(format!(
-                        "committed entry {} does not decode: {err}",
-                        e.index
-                    ))
-                })?;
+                // A committed entry every replica must apply identically: skipping it would
+                // diverge from the others, so stop instead.
+                let kind =
+                    EntryKind::decode(data).map_err(|source| DriverError::UndecodableEntry {
+                        index: e.index,
+                        source,
+                    })?;
                 match kind {
                     EntryKind::Command(cmd) => {
-                        let result = self
-                            .kv
-                            .apply(e.index, &cmd)
-                            .map_err(|err| NodeError::Internal(err.to_string()))?;
+                        let result = self.kv.apply(e.index, &cmd)?;
                         if let Some(Waiter::Write(reply)) = waiter {
                             if let Some(at) = proposed_at {
                                 self.metrics.proposal_duration.observe(at.elapsed());
@@ -472,10 +466,8 @@ impl Driver {
         Ok(())
     }
 
-    fn kv_noop(&mut self, index: Index) -> Result<(), NodeError> {
-        self.kv
-            .apply_noop(index)
-            .map_err(|err| NodeError::Internal(err.to_string()))
+    fn kv_noop(&mut self, index: Index) -> Result<(), DriverError> {
+        Ok(self.kv.apply_noop(index)?)
     }
 
     fn on_soft_state(&mut self, role: Role, leader_id: NodeId) {
@@ -494,13 +486,12 @@ impl Driver {
 }
 
 /// Starts one storage-thread operation with `start` (handed the completion callback) and waits
-/// for it; `what` names the operation in the error.
-async fn storage_call(what: &str, start: impl FnOnce(Callback)) -> Result<(), NodeError> {
+/// for it: the one place the loop submits to the storage thread and waits.
+async fn storage_call(start: impl FnOnce(Callback)) -> Result<(), DriverError> {
     let (tx, rx) = oneshot::channel();
     start(Box::new(move |r| {
         let _ = tx.send(r);
     }));
-    rx.await
-        .map_err(|_| NodeError::Internal("storage thread is gone".into()))?
-        .map_err(|e| NodeError::Internal(format!("{what}: {e}")))
+    rx.await.map_err(|_| StorageError::Stopped)??;
+    Ok(())
 }

@@ -24,29 +24,29 @@ use raftkv_raft::{Index, SnapshotMeta, Term};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use super::DriverError;
 use super::waiters::{lost_write, reply_err};
 use super::{Driver, storage_call};
-use crate::error::NodeError;
 use crate::kv::KvStateMachine;
-use crate::members::{MemberBook, snapshot_header};
+use crate::members::{LoadSnapshotError, MemberBook, snapshot_header};
 use crate::storage::{StagedSnapshot, WriteBatch};
 
 /// A local snapshot at `index`, written to a staged file by a blocking task while the loop goes
 /// on (ticks, heartbeats, writes).
 pub(super) struct SnapshotJob {
     pub(super) index: Index,
-    pub(super) done: oneshot::Receiver<Result<StagedSnapshot, String>>,
+    pub(super) done: oneshot::Receiver<Result<StagedSnapshot, DriverError>>,
 }
 
 /// Waits for the background snapshot, if there is one (never resolves otherwise).
 pub(super) async fn snapshot_written(
     job: &mut Option<SnapshotJob>,
-) -> (Index, Result<StagedSnapshot, String>) {
+) -> (Index, Result<StagedSnapshot, DriverError>) {
     match job {
         Some(job) => {
             let result = (&mut job.done)
                 .await
-                .unwrap_or_else(|_| Err("the snapshot task stopped".into()));
+                .unwrap_or(Err(DriverError::TaskStopped("snapshot writing")));
             (job.index, result)
         }
         None => std::future::pending().await,
@@ -67,28 +67,27 @@ pub(super) struct Received {
 pub(super) struct Decoding {
     msg: raftkv_raft::Message,
     staged: StagedSnapshot,
-    task: tokio::task::JoinHandle<Result<Restored, String>>,
+    task: tokio::task::JoinHandle<Result<Restored, LoadSnapshotError>>,
 }
 
 /// Waits for the snapshot being decoded, if there is one (never resolves otherwise).
-pub(super) async fn snapshot_decoded(job: &mut Option<Decoding>) -> Result<Restored, String> {
+pub(super) async fn snapshot_decoded(job: &mut Option<Decoding>) -> Result<Restored, DriverError> {
     match job {
         Some(job) => (&mut job.task)
             .await
-            .unwrap_or_else(|e| Err(format!("the decoding task stopped: {e}"))),
+            .map_err(|_| DriverError::TaskStopped("snapshot decoding"))?
+            .map_err(DriverError::from),
         None => std::future::pending().await,
     }
 }
 
 impl Driver {
-    pub(super) fn take_received(&mut self, meta: &SnapshotMeta) -> Result<Received, NodeError> {
+    pub(super) fn take_received(&mut self, meta: &SnapshotMeta) -> Result<Received, DriverError> {
         self.received
             .remove(&(meta.index, meta.term))
-            .ok_or_else(|| {
-                NodeError::Internal(format!(
-                    "the core installs snapshot {}@{} but its data was not received",
-                    meta.index, meta.term
-                ))
+            .ok_or(DriverError::SnapshotNotReceived {
+                index: meta.index,
+                term: meta.term,
             })
     }
 
@@ -134,7 +133,11 @@ impl Driver {
     /// A received snapshot is decoded: the core hears of it now, and it is kept for the `Ready`
     /// that installs it. A snapshot that does not decode is dropped; the leader sends it again
     /// when the follower's next answer shows it still lacks the entries.
-    pub(super) fn on_snapshot_decoded(&mut self, job: Decoding, decoded: Result<Restored, String>) {
+    pub(super) fn on_snapshot_decoded(
+        &mut self,
+        job: Decoding,
+        decoded: Result<Restored, DriverError>,
+    ) {
         let Decoding { msg, staged, .. } = job;
         match decoded {
             Ok(restored) => {
@@ -186,16 +189,13 @@ impl Driver {
     /// and writes it, fsyncs the file and hands it back through [`SnapshotJob`]; meanwhile the
     /// loop keeps ticking, heartbeating and applying. [`Driver::finish_snapshot`] installs it and
     /// compacts the log.
-    pub(super) fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+    pub(super) fn maybe_snapshot(&mut self) -> Result<(), DriverError> {
         let applied = self.kv.applied_index();
         if self.snapshot_job.is_some() || applied < self.snapshot_index + self.cfg.snapshot_entries
         {
             return Ok(());
         }
-        let meta = self
-            .raw
-            .snapshot_meta(applied)
-            .map_err(|e| NodeError::Internal(format!("snapshot meta at {applied}: {e}")))?;
+        let meta = self.raw.snapshot_meta(applied)?;
         let header = snapshot_header(&self.book);
         let started = Instant::now();
         let kv = self.kv.freeze();
@@ -203,13 +203,13 @@ impl Driver {
         let snapshots = self.snapshots.clone();
         let (tx, done) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let written = (|| -> Result<StagedSnapshot, String> {
+            let written = (|| -> Result<StagedSnapshot, DriverError> {
                 use std::io::Write;
-                let mut w = snapshots.writer(meta).map_err(|e| e.to_string())?;
-                w.write_all(&header).map_err(|e| e.to_string())?;
-                kv.write_snapshot(&mut w).map_err(|e| e.to_string())?;
+                let mut w = snapshots.writer(meta)?;
+                w.write_all(&header)?;
+                kv.write_snapshot(&mut w)?;
                 let bytes = w.len();
-                let staged = w.finish().map_err(|e| e.to_string())?;
+                let staged = w.finish()?;
                 info!(
                     index = applied,
                     bytes,
@@ -237,10 +237,9 @@ impl Driver {
     pub(super) async fn finish_snapshot(
         &mut self,
         index: Index,
-        written: Result<StagedSnapshot, String>,
-    ) -> Result<(), NodeError> {
-        let staged =
-            written.map_err(|e| NodeError::Internal(format!("snapshot at {index}: {e}")))?;
+        written: Result<StagedSnapshot, DriverError>,
+    ) -> Result<(), DriverError> {
+        let staged = written?;
         if index <= self.snapshot_index {
             // Superseded; the staged file is deleted when dropped.
             return Ok(());
@@ -249,14 +248,13 @@ impl Driver {
             snapshot: Some(staged),
             ..Default::default()
         };
-        storage_call("install snapshot", |cb| self.storage.submit(install, cb)).await?;
+        storage_call(|cb| self.storage.submit(install, cb)).await?;
         // The core decides where the log now starts (never before its current start); the WAL
         // may free the segments below that.
         let start = self
             .raw
-            .compact(index, self.cfg.snapshot_trailing_entries)
-            .map_err(|e| NodeError::Internal(format!("compact core: {e}")))?;
-        storage_call("compact", |cb| self.storage.compact(start, cb)).await?;
+            .compact(index, self.cfg.snapshot_trailing_entries)?;
+        storage_call(|cb| self.storage.compact(start, cb)).await?;
         self.snapshot_index = index;
         self.metrics.snapshot_taken();
         debug!(index, start, "snapshot taken, log compacted");

@@ -85,7 +85,7 @@ impl Transport {
             return;
         }
         let (tx, rx) = mpsc::channel(self.shared.cfg.queue_len);
-        let task = crate::spawn(peer_task(id, addr.to_string(), rx, self.shared.clone()));
+        let task = crate::task::spawn(peer_task(id, addr.to_string(), rx, self.shared.clone()));
         self.peers.insert(
             id,
             Peer {
@@ -208,7 +208,7 @@ async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, sh
                     // One transfer at a time; the core asks again if this one fails.
                     continue;
                 }
-                snapshot_task = Some(crate::spawn(send_snapshot(
+                snapshot_task = Some(crate::task::spawn(send_snapshot(
                     client.clone(),
                     header,
                     meta,
