@@ -69,6 +69,20 @@ pub(crate) struct Identity {
     pub origin: Origin,
 }
 
+/// Why an identity file does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum IdentityError {
+    /// The first line is not a cluster id (1-128 printable ASCII characters).
+    #[error("line 1 is not a valid cluster id")]
+    ClusterId,
+    /// A field of the second line is not a number.
+    #[error("{0:?} is not a number")]
+    NotANumber(String),
+    /// The second line is neither `bootstrap N` nor `catch-up I LT T`.
+    #[error("line 2 {0:?} is not understood")]
+    Origin(String),
+}
+
 impl Identity {
     fn encode(&self) -> String {
         match self.origin {
@@ -81,14 +95,14 @@ impl Identity {
         }
     }
 
-    fn decode(text: &str) -> Result<Self, String> {
+    fn decode(text: &str) -> Result<Self, IdentityError> {
         let mut lines = text.lines();
         let cluster_id = lines.next().unwrap_or("").trim().to_string();
         if cluster_id.is_empty()
             || cluster_id.len() > 128
             || !cluster_id.bytes().all(|b| b.is_ascii_graphic())
         {
-            return Err("line 1 is not a valid cluster id".into());
+            return Err(IdentityError::ClusterId);
         }
         let origin = match lines.next().map(str::trim) {
             None | Some("") => Origin::Unrecorded,
@@ -96,7 +110,7 @@ impl Identity {
                 let words: Vec<&str> = line.split_ascii_whitespace().collect();
                 let num = |s: &str| {
                     s.parse::<u64>()
-                        .map_err(|_| format!("{s:?} is not a number"))
+                        .map_err(|_| IdentityError::NotANumber(s.to_string()))
                 };
                 match words.as_slice() {
                     ["bootstrap", size] => Origin::Bootstrap { size: num(size)? },
@@ -105,7 +119,7 @@ impl Identity {
                         log_term: num(log_term)?,
                         term: num(term)?,
                     }),
-                    _ => return Err(format!("line 2 {line:?} is not understood")),
+                    _ => return Err(IdentityError::Origin(line.to_string())),
                 }
             }
         };
@@ -273,13 +287,28 @@ async fn ask_peer(channel: tonic::transport::Channel) -> Option<PeerView> {
 }
 
 /// Asks every peer at once; the answers of those that answered.
+///
+/// An answer counts only if it comes from the member that was asked: a process answering at a
+/// peer's address under another id (a misconfigured address, or a port reused by another
+/// cluster's node) must not count towards the quorum that lets this node bootstrap.
 async fn ask_peers(peers: &BTreeMap<NodeId, String>, channels: &mut PeerChannels) -> Vec<PeerView> {
     let asks: Vec<_> = peers
-        .values()
-        .filter_map(|addr| channels.channel(addr))
-        .map(ask_peer)
+        .iter()
+        .filter_map(|(&id, addr)| Some((id, channels.channel(addr)?)))
+        .map(|(id, channel)| async move {
+            let view = ask_peer(channel).await?;
+            if view.status.node_id != id {
+                info!(
+                    asked = id,
+                    answered = view.status.node_id,
+                    "a peer answered under another id; its answer is ignored"
+                );
+                return None;
+            }
+            Some(view)
+        })
         .collect();
-    crate::join_all(asks.into_iter())
+    crate::task::join_all(asks.into_iter())
         .await
         .into_iter()
         .flatten()

@@ -125,7 +125,7 @@ pub struct NodeStatus {
 
 /// What the driver can be asked.
 #[derive(Debug)]
-pub(crate) enum Request {
+pub(crate) enum DriverRequest {
     Propose {
         cmd: Command,
         reply: oneshot::Sender<Result<WriteResponse, NodeError>>,
@@ -161,7 +161,7 @@ pub(crate) enum Request {
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
     id: NodeId,
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<DriverRequest>,
     started: Arc<OnceLock<String>>,
     /// What `status` answers until the driver runs (loading, fresh, ...).
     before_start: Arc<Mutex<NodeStatus>>,
@@ -170,7 +170,7 @@ pub struct NodeHandle {
 impl NodeHandle {
     pub(crate) fn new(
         id: NodeId,
-        tx: mpsc::Sender<Request>,
+        tx: mpsc::Sender<DriverRequest>,
         started: Arc<OnceLock<String>>,
     ) -> Self {
         let before_start = NodeStatus {
@@ -215,7 +215,7 @@ impl NodeHandle {
 
     async fn call<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+        make: impl FnOnce(oneshot::Sender<T>) -> DriverRequest,
     ) -> Result<T, NodeError> {
         if self.started.get().is_none() {
             return Err(NodeError::Unavailable("the node is starting".into()));
@@ -232,7 +232,8 @@ impl NodeHandle {
 
     /// Replicates a write and returns its result once applied.
     pub async fn propose(&self, cmd: Command) -> Result<WriteResponse, NodeError> {
-        self.call(|reply| Request::Propose { cmd, reply }).await?
+        self.call(|reply| DriverRequest::Propose { cmd, reply })
+            .await?
     }
 
     /// Serves a read at the requested consistency.
@@ -241,7 +242,7 @@ impl NodeHandle {
         query: ReadQuery,
         consistency: Consistency,
     ) -> Result<ReadResult, NodeError> {
-        self.call(|reply| Request::Read {
+        self.call(|reply| DriverRequest::Read {
             query,
             consistency,
             reply,
@@ -251,7 +252,7 @@ impl NodeHandle {
 
     /// This node's status.
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
-        self.call(|reply| Request::Status { reply }).await
+        self.call(|reply| DriverRequest::Status { reply }).await
     }
 
     /// Adds a learner (the leader promotes it once caught up).
@@ -261,7 +262,7 @@ impl NodeHandle {
         peer_addr: String,
         client_addr: String,
     ) -> Result<Vec<MemberStatus>, NodeError> {
-        self.call(|reply| Request::AddMember {
+        self.call(|reply| DriverRequest::AddMember {
             id,
             peer_addr,
             client_addr,
@@ -272,13 +273,13 @@ impl NodeHandle {
 
     /// Removes a member.
     pub async fn remove_member(&self, id: NodeId) -> Result<Vec<MemberStatus>, NodeError> {
-        self.call(|reply| Request::RemoveMember { id, reply })
+        self.call(|reply| DriverRequest::RemoveMember { id, reply })
             .await?
     }
 
     /// Hands leadership to `id` (0 = the most caught-up voter) and returns the new leader.
     pub async fn transfer_leader(&self, id: NodeId) -> Result<NodeId, NodeError> {
-        self.call(|reply| Request::TransferLeader { id, reply })
+        self.call(|reply| DriverRequest::TransferLeader { id, reply })
             .await?
     }
 }

@@ -22,6 +22,7 @@
 //!   with an empty data directory;
 //! - [`node`]: servers, start and stop;
 //! - `task`: spawning tasks inside the node's tracing span;
+//! - `shutdown`: the signal that stops the node's tasks, and knowing that they all stopped;
 //! - [`handle`], [`error`]: how callers talk to a running node and what can go wrong.
 //!
 //! `kv`, `storage` and `members` know nothing of gRPC or tokio; only `driver`, `transport`, `api`
@@ -41,14 +42,13 @@ pub mod metrics;
 pub mod node;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
+mod shutdown;
 pub mod storage;
 mod task;
 pub mod transport;
 
 pub use bootstrap::derive_cluster_id;
-pub use driver::{DriverConfig, Observed};
+pub use driver::{DriverConfig, DriverError, Observed};
 pub use error::NodeError;
 pub use handle::NodeHandle;
 pub use node::{NodeConfig, RunningNode, StartError, start, start_with_listeners};
-
-pub(crate) use task::{join_all, spawn};

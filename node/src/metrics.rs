@@ -48,8 +48,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use raftkv_raft::{NodeId, Role};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::debug;
+
+use crate::shutdown::Shutdown;
 
 /// Bucket upper bounds in seconds, 100 µs to 10 s.
 const BUCKETS: [f64; 14] = [
@@ -444,18 +445,18 @@ async fn serve_connection(
         .await
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+/// Serves `GET /metrics` on `listener` until `shutdown` is triggered.
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stop.changed() => return,
+            _ = shutdown.recv() => return,
         };
         let Ok((stream, peer)) = accepted else {
             continue;
         };
         let metrics = metrics.clone();
-        crate::spawn(async move {
+        crate::task::spawn(async move {
             match tokio::time::timeout(CONNECTION_TIMEOUT, serve_connection(stream, metrics)).await
             {
                 Ok(Ok(())) => {}
@@ -467,16 +468,19 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
 }
 
 /// Binds `addr` and serves metrics in the background; `node_id` is exposed as `raftkv_node_id`.
-pub async fn spawn(
+pub(crate) async fn spawn(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     node_id: NodeId,
-    stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     metrics.set_node_id(node_id);
-    Ok((local, crate::spawn(serve(listener, metrics, stop))))
+    Ok((
+        local,
+        crate::task::spawn(serve(listener, metrics, shutdown)),
+    ))
 }
 
 #[cfg(test)]

@@ -32,13 +32,13 @@ pub use crate::bootstrap::derive_cluster_id;
 use crate::bootstrap::{
     Origin, bootstrap_or_join, has_state, read_identity, status_on_disk, write_bootstrap_state,
 };
-use crate::driver::{Driver, DriverConfig, DriverParts, Observed};
+use crate::driver::{Driver, DriverConfig, DriverError, DriverParts, Observed};
 use crate::entry::{EntryKind, load_snapshot};
-use crate::error::NodeError;
 use crate::handle::NodeHandle;
 use crate::kv::KvStateMachine;
 use crate::members::{MemberAddrs, MemberBook, added_learner};
 use crate::metrics::Metrics;
+use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::storage::{DiskOptions, DiskStorage, LogStorage, StorageThread};
 use crate::transport::{PeerGuards, RaftService, Transport, TransportConfig};
 
@@ -101,8 +101,8 @@ pub struct RunningNode {
     cluster_id: String,
     metrics_addr: Option<SocketAddr>,
     observed: watch::Receiver<Observed>,
-    shutdown: watch::Sender<bool>,
-    driver: JoinHandle<Result<(), NodeError>>,
+    shutdown: ShutdownSignal,
+    driver: JoinHandle<Result<(), DriverError>>,
     servers: Vec<JoinHandle<()>>,
 }
 
@@ -141,16 +141,22 @@ impl RunningNode {
     }
 
     /// Stops serving and waits for the driver to finish.
-    pub async fn stop(self) -> Result<(), NodeError> {
-        let _ = self.shutdown.send(true);
-        let result = match self.driver.await {
-            Ok(r) => r,
-            Err(e) => Err(NodeError::Internal(format!("driver task failed: {e}"))),
-        };
+    pub async fn stop(self) -> Result<(), DriverError> {
+        let Self {
+            shutdown,
+            driver,
+            servers,
+            ..
+        } = self;
+        shutdown.trigger();
+        let result = driver.await.unwrap_or_else(|e| Err(e.into()));
         // Servers drain open connections gracefully, but a connection that never finishes its
         // HTTP/2 handshake would hold the drain forever: bound it, then drop what is left.
-        for mut s in self.servers {
-            if tokio::time::timeout(SERVER_DRAIN, &mut s).await.is_err() {
+        if tokio::time::timeout(SERVER_DRAIN, shutdown.stopped())
+            .await
+            .is_err()
+        {
+            for s in servers {
                 s.abort();
             }
         }
@@ -158,16 +164,13 @@ impl RunningNode {
     }
 
     /// Waits until the driver stops (after `stop`, or on a storage failure).
-    pub async fn wait(&mut self) -> Result<(), NodeError> {
-        match (&mut self.driver).await {
-            Ok(r) => r,
-            Err(e) => Err(NodeError::Internal(format!("driver task failed: {e}"))),
-        }
+    pub async fn wait(&mut self) -> Result<(), DriverError> {
+        (&mut self.driver).await.unwrap_or_else(|e| Err(e.into()))
     }
 
     /// Asks the node to stop without waiting.
     pub fn begin_stop(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.trigger();
     }
 }
 
@@ -258,7 +261,7 @@ async fn start_in_span(
     let (req_tx, req_rx) = mpsc::channel(4096);
     let (in_tx, in_rx) = mpsc::channel(4096);
     let (obs_tx, obs_rx) = watch::channel(Observed::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = ShutdownSignal::new();
     let handle = NodeHandle::new(cfg.id, req_tx, started.clone());
     let before_start = status_on_disk(cfg.id, &recovered, identity.as_ref());
     #[cfg(feature = "planted-bugs")]
@@ -275,7 +278,7 @@ async fn start_in_span(
         in_tx.clone(),
         snapshots.clone(),
         obs_rx.clone(),
-        stop_rx.clone(),
+        &shutdown,
         client_listener,
         peer_listener,
     )
@@ -283,12 +286,12 @@ async fn start_in_span(
     let (servers, metrics_addr) = match spawned {
         Ok(s) => s,
         Err(e) => {
-            let _ = stop_tx.send(true);
+            shutdown.trigger();
             return Err(e);
         }
     };
     let stop_servers = |e: StartError| {
-        let _ = stop_tx.send(true);
+        shutdown.trigger();
         e
     };
 
@@ -417,8 +420,8 @@ async fn start_in_span(
         metrics: metrics.clone(),
         guards,
     });
-    let driver_stop = stop_rx.clone();
-    let driver_task = crate::spawn(async move {
+    let driver_stop = shutdown.subscribe();
+    let driver_task = crate::task::spawn(async move {
         let result = driver.run(driver_stop).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "driver stopped");
@@ -439,7 +442,7 @@ async fn start_in_span(
         cluster_id,
         metrics_addr,
         observed: obs_rx,
-        shutdown: stop_tx,
+        shutdown,
         driver: driver_task,
         servers,
     })
@@ -456,7 +459,7 @@ async fn spawn_servers(
     in_tx: mpsc::Sender<crate::transport::Inbound>,
     snapshots: crate::storage::SnapshotStore,
     obs_rx: watch::Receiver<Observed>,
-    stop_rx: watch::Receiver<bool>,
+    shutdown: &ShutdownSignal,
     client_listener: TcpListener,
     peer_listener: TcpListener,
 ) -> Result<(Vec<JoinHandle<()>>, Option<SocketAddr>), StartError> {
@@ -464,7 +467,7 @@ async fn spawn_servers(
     let metrics_addr = match cfg.listen_metrics {
         Some(addr) => {
             let (local, task) =
-                crate::metrics::spawn(addr, metrics.clone(), cfg.id, stop_rx.clone())
+                crate::metrics::spawn(addr, metrics.clone(), cfg.id, shutdown.subscribe())
                     .await
                     .map_err(|e| StartError::Listen(format!("metrics port {addr}: {e}")))?;
             servers.push(task);
@@ -475,8 +478,8 @@ async fn spawn_servers(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let mut health_obs = obs_rx;
-    let mut health_stop = stop_rx.clone();
-    servers.push(crate::spawn(async move {
+    let mut health_stop = shutdown.subscribe();
+    servers.push(crate::task::spawn(async move {
         loop {
             let ready = {
                 let o = health_obs.borrow();
@@ -491,7 +494,7 @@ async fn spawn_servers(
             health_reporter.set_service_status("", status).await;
             tokio::select! {
                 r = health_obs.changed() => if r.is_err() { break },
-                _ = health_stop.changed() => break,
+                _ = health_stop.recv() => break,
             }
         }
     }));
@@ -500,8 +503,9 @@ async fn spawn_servers(
         pb::kv_server::KvServer::new(KvService::new(handle.clone()).with_metrics(metrics.clone()))
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    let cluster_service =
-        pb::cluster_server::ClusterServer::new(ClusterService::new(handle.clone()));
+    let cluster_service = pb::cluster_server::ClusterServer::new(
+        ClusterService::new(handle.clone()).with_metrics(metrics.clone()),
+    );
     let raft_service = pb::raft_server::RaftServer::new(RaftService::new(
         cfg.id,
         started,
@@ -517,7 +521,7 @@ async fn spawn_servers(
             .add_service(cluster_service.clone())
             .add_service(health_service.clone()),
         client_listener,
-        stop_rx.clone(),
+        shutdown.subscribe(),
         "client",
     ));
     servers.push(serve(
@@ -526,7 +530,7 @@ async fn spawn_servers(
             .add_service(cluster_service)
             .add_service(health_service),
         peer_listener,
-        stop_rx,
+        shutdown.subscribe(),
         "peer",
     ));
     Ok((servers, metrics_addr))
@@ -535,24 +539,18 @@ async fn spawn_servers(
 fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
     name: &'static str,
 ) -> JoinHandle<()> {
-    crate::spawn(async move {
+    crate::task::spawn(async move {
         let incoming = TcpListenerStream::new(listener);
-        let shutdown = async move {
-            while !*stop.borrow() {
-                if stop.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-        {
+        // `shutdown` is held until the server has drained; a clone tells it to begin.
+        let mut signal = shutdown.clone();
+        let stop = async move { signal.recv().await };
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
             warn!(port = name, error = %e, "server stopped with an error");
         }
+        drop(shutdown);
     })
 }
 

@@ -766,3 +766,78 @@ async fn a_deciding_node_asks_its_peers_over_one_connection_each() {
         "node 1 opened {connections} connections to node 2 in 4 s of asking"
     );
 }
+
+/// A node with an empty data directory counts a peer's "fresh" answer towards the quorum that
+/// lets it bootstrap only if the answer comes from the member it asked: here the address it has
+/// for node 2 is served by a fresh node 3 (a misconfigured address, or a port another cluster's
+/// node took over), and node 1 must keep waiting instead of bootstrapping with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_under_another_id_does_not_count_towards_bootstrapping() {
+    let bind = async || {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+    };
+    let addr = |l: &tokio::net::TcpListener| l.local_addr().expect("address").to_string();
+    let (a_client, a_peer, x_client, x_peer, gone) = (
+        bind().await,
+        bind().await,
+        bind().await,
+        bind().await,
+        bind().await,
+    );
+    // Nothing listens at node 3's address for node 1.
+    let gone_addr = addr(&gone);
+    drop(gone);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |id: u64,
+                  client: &tokio::net::TcpListener,
+                  peer: &tokio::net::TcpListener,
+                  peers: [(u64, String); 3]| raftkv_node::NodeConfig {
+        id,
+        advertise_client: addr(client),
+        advertise_peer: addr(peer),
+        peers: peers.into_iter().collect(),
+        data_dir: dir.path().join(format!("n{id}")),
+        initial_cluster_size: 3,
+        initial_cluster_token: "impostor".into(),
+        driver: support::inprocess::fast_driver(),
+        transport: Default::default(),
+        seed: None,
+        listen_metrics: None,
+    };
+    let a_cfg = config(
+        1,
+        &a_client,
+        &a_peer,
+        [
+            (1, addr(&a_peer)),
+            (2, addr(&x_peer)),
+            (3, gone_addr.clone()),
+        ],
+    );
+    // The impostor, fresh, waiting for peers that never answer.
+    let x_cfg = config(
+        3,
+        &x_client,
+        &x_peer,
+        [
+            (1, gone_addr.clone()),
+            (2, gone_addr.clone()),
+            (3, addr(&x_peer)),
+        ],
+    );
+    let x = tokio::spawn(raftkv_node::start_with_listeners(x_cfg, x_client, x_peer));
+    let a = tokio::spawn(raftkv_node::start_with_listeners(a_cfg, a_client, a_peer));
+
+    // Eight rounds of asking, or more on a loaded machine.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let decided = a.is_finished();
+    a.abort();
+    x.abort();
+    assert!(
+        !decided,
+        "node 1 decided (bootstrapped) with an answer from node 3 at node 2's address"
+    );
+}

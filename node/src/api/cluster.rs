@@ -4,18 +4,87 @@ use raftkv_proto::v1 as pb;
 use raftkv_raft::Role;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
+
 use crate::handle::{MemberState, MemberStatus, NodeHandle, NodeStatus};
 
 /// The Cluster service of one node.
 #[derive(Clone, Debug)]
 pub struct ClusterService {
     node: NodeHandle,
+    metrics: Option<std::sync::Arc<Metrics>>,
 }
 
 impl ClusterService {
     /// Serves the Cluster API through `node`.
     pub fn new(node: NodeHandle) -> Self {
-        Self { node }
+        Self {
+            node,
+            metrics: None,
+        }
+    }
+
+    /// Counts failed requests by status code in `metrics`, like the Kv service.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The single exit of every handler: counts the failure, if any, by code.
+    fn finish<T>(&self, r: Result<T, Status>) -> Result<Response<T>, Status> {
+        if let (Err(status), Some(m)) = (&r, &self.metrics) {
+            m.rpc_error(status.code());
+        }
+        r.map(Response::new)
+    }
+
+    async fn do_status(&self) -> Result<pb::StatusResponse, Status> {
+        if self.node.cluster_id().is_none() {
+            // Loading its state, or fresh and deciding whether to bootstrap or join: say which
+            // (a loading node reports its cluster id and term from disk, so that a deciding peer
+            // never counts it as fresh).
+            return Ok(status_to_wire(self.node.status_before_start()));
+        }
+        Ok(status_to_wire(self.node.status().await?))
+    }
+
+    async fn do_add_member(
+        &self,
+        r: pb::AddMemberRequest,
+    ) -> Result<pb::AddMemberResponse, Status> {
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must not be 0"));
+        }
+        validate_addr("peer_addr", &r.peer_addr)?;
+        validate_addr("client_addr", &r.client_addr)?;
+        let members = self
+            .node
+            .add_member(r.node_id, r.peer_addr, r.client_addr)
+            .await?;
+        Ok(pb::AddMemberResponse {
+            members: members_to_wire(members),
+        })
+    }
+
+    async fn do_remove_member(
+        &self,
+        r: pb::RemoveMemberRequest,
+    ) -> Result<pb::RemoveMemberResponse, Status> {
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must not be 0"));
+        }
+        let members = self.node.remove_member(r.node_id).await?;
+        Ok(pb::RemoveMemberResponse {
+            members: members_to_wire(members),
+        })
+    }
+
+    async fn do_transfer_leader(
+        &self,
+        r: pb::TransferLeaderRequest,
+    ) -> Result<pb::TransferLeaderResponse, Status> {
+        let leader_id = self.node.transfer_leader(r.node_id).await?;
+        Ok(pb::TransferLeaderResponse { leader_id })
     }
 }
 
@@ -95,56 +164,55 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        if self.node.cluster_id().is_none() {
-            // Loading its state, or fresh and deciding whether to bootstrap or join: say which
-            // (a loading node reports its cluster id and term from disk, so that a deciding peer
-            // never counts it as fresh).
-            return Ok(Response::new(status_to_wire(
-                self.node.status_before_start(),
-            )));
-        }
-        let s = self.node.status().await?;
-        Ok(Response::new(status_to_wire(s)))
+        self.finish(self.do_status().await)
     }
 
     async fn add_member(
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
-        let r = req.into_inner();
-        if r.node_id == 0 {
-            return Err(Status::invalid_argument("node_id must not be 0"));
-        }
-        validate_addr("peer_addr", &r.peer_addr)?;
-        validate_addr("client_addr", &r.client_addr)?;
-        let members = self
-            .node
-            .add_member(r.node_id, r.peer_addr, r.client_addr)
-            .await?;
-        Ok(Response::new(pb::AddMemberResponse {
-            members: members_to_wire(members),
-        }))
+        self.finish(self.do_add_member(req.into_inner()).await)
     }
 
     async fn remove_member(
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        let r = req.into_inner();
-        if r.node_id == 0 {
-            return Err(Status::invalid_argument("node_id must not be 0"));
-        }
-        let members = self.node.remove_member(r.node_id).await?;
-        Ok(Response::new(pb::RemoveMemberResponse {
-            members: members_to_wire(members),
-        }))
+        self.finish(self.do_remove_member(req.into_inner()).await)
     }
 
     async fn transfer_leader(
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        let leader_id = self.node.transfer_leader(req.into_inner().node_id).await?;
-        Ok(Response::new(pb::TransferLeaderResponse { leader_id }))
+        self.finish(self.do_transfer_leader(req.into_inner()).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pb::cluster_server::Cluster as _;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn failed_requests_are_counted_by_code() {
+        let (tx, _rx) = mpsc::channel(1);
+        let metrics = Metrics::new();
+        let service = ClusterService::new(NodeHandle::new(1, tx, Arc::default()))
+            .with_metrics(metrics.clone());
+        let refused = service
+            .remove_member(Request::new(pb::RemoveMemberRequest { node_id: 0 }))
+            .await
+            .expect_err("node 0 is refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        let text = metrics.render();
+        assert!(
+            text.contains("raftkv_rpc_errors_total{code=\"INVALID_ARGUMENT\"} 1"),
+            "{text}"
+        );
     }
 }

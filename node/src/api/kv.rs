@@ -98,7 +98,9 @@ impl KvService {
         };
         match self.write(r.client_id, r.seq, op).await? {
             WriteResponse::Put { version } => Ok(pb::PutResponse { version }),
-            _ => Err(unexpected()),
+            WriteResponse::Delete { .. } | WriteResponse::CompareAndSwap { .. } => {
+                Err(unexpected())
+            }
         }
     }
 
@@ -130,7 +132,7 @@ impl KvService {
                 deleted,
                 prev_version,
             }),
-            _ => Err(unexpected()),
+            WriteResponse::Put { .. } | WriteResponse::CompareAndSwap { .. } => Err(unexpected()),
         }
     }
 
@@ -189,11 +191,13 @@ impl KvService {
                 version,
                 current_value,
             }),
-            _ => Err(unexpected()),
+            WriteResponse::Put { .. } | WriteResponse::Delete { .. } => Err(unexpected()),
         }
     }
 }
 
+/// A result of another kind than the request's: a driver bug. Every match on a result names all
+/// its kinds (no `_` arm), so that a new kind is a compile error here rather than this status.
 fn unexpected() -> Status {
     Status::internal("the node answered with a result of another kind")
 }

@@ -7,7 +7,8 @@
 //!
 //! Files:
 //! - `command`: [`Command`], the payload of a log entry, and its versioned binary encoding;
-//! - `state_machine`: [`KvStateMachine`] — apply, Get, Scan — and the response and error types;
+//! - `state_machine`: [`KvStateMachine`] — apply, Get, Scan;
+//! - `types`: the response and error types, shared by the state machine and the session table;
 //! - `data`: the key map — a shared base plus, while a snapshot is written, an overlay of
 //!   changes — and [`FrozenKv`], the view a snapshot is written from off the event loop;
 //! - `session`: the client session table that makes retried writes exactly-once;
@@ -99,13 +100,15 @@ mod data;
 mod session;
 mod snapshot;
 mod state_machine;
+mod types;
 
 pub use crate::codec::DecodeError;
 pub use command::{COMMAND_FORMAT_VERSION, Command, Op};
 pub use data::FrozenKv;
 pub use session::{MAX_CLIENT_ID_LEN, MAX_SESSION_BYTES, SessionConfig};
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC, SnapshotError};
-pub use state_machine::{
-    ApplyResult, CommandError, ErrorCode, Expiry, GetResponse, KvStateMachine, OutOfOrder,
-    SCAN_DEFAULT_LIMIT, SCAN_MAX_BYTES, SCAN_MAX_LIMIT, ScanItem, ScanResponse, WriteResponse,
+pub use state_machine::{KvStateMachine, SCAN_DEFAULT_LIMIT, SCAN_MAX_BYTES, SCAN_MAX_LIMIT};
+pub use types::{
+    ApplyResult, CommandError, ErrorCode, Expiry, GetResponse, OutOfOrder, ScanItem, ScanResponse,
+    WriteResponse,
 };

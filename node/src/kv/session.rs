@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use raftkv_raft::Index;
 
-use super::state_machine::{CommandError, Expiry, WriteResponse};
+use super::types::{CommandError, Expiry, WriteResponse};
 
 /// The longest accepted `client_id`, in bytes. Bounds the memory of the session table and of its
 /// tombstones; the API layer should refuse longer ids before proposing.
@@ -108,7 +108,7 @@ impl Session {
 
 /// What to do with a write, decided before it is applied.
 #[derive(Debug)]
-pub(super) enum Verdict {
+pub(super) enum Admission {
     /// Apply it and then [`SessionTable::record`] the result.
     Apply,
     /// A retry: answer with the recorded response, apply nothing.
@@ -153,7 +153,7 @@ impl SessionTable {
         seq: u64,
         fingerprint: u64,
         index: Index,
-    ) -> Result<Verdict, CommandError> {
+    ) -> Result<Admission, CommandError> {
         if seq == 0 {
             return Err(CommandError::InvalidSession {
                 reason: "seq must be at least 1 when client_id is set",
@@ -180,7 +180,7 @@ impl SessionTable {
                     expiry: Expiry::Unknown { window },
                 });
             }
-            return Ok(Verdict::Apply);
+            return Ok(Admission::Apply);
         };
         if let Some(recorded) = session.results.get(&seq) {
             if recorded.fingerprint != fingerprint {
@@ -191,7 +191,7 @@ impl SessionTable {
             }
             let response = recorded.response.clone();
             self.touch(client_id, index);
-            return Ok(Verdict::Replay(response));
+            return Ok(Admission::Replay(response));
         }
         let highest = session.highest_seq();
         if seq <= highest.saturating_sub(window) {
@@ -204,7 +204,7 @@ impl SessionTable {
                 },
             });
         }
-        Ok(Verdict::Apply)
+        Ok(Admission::Apply)
     }
 
     /// Records the result of a write that [`SessionTable::check`] said to apply, opening the

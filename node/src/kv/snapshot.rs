@@ -35,7 +35,8 @@ use bytes::Bytes;
 use raftkv_raft::Index;
 
 use super::session::{MAX_CLIENT_ID_LEN, Recorded, Session, SessionConfig, SessionTable};
-use super::state_machine::{KvStateMachine, Stored, WriteResponse};
+use super::state_machine::{KvStateMachine, Stored};
+use super::types::WriteResponse;
 use crate::codec::{DecodeError, Reader, varint_bytes};
 
 /// The first bytes of every KV snapshot.

@@ -85,7 +85,7 @@ impl Transport {
             return;
         }
         let (tx, rx) = mpsc::channel(self.shared.cfg.queue_len);
-        let task = crate::spawn(peer_task(id, addr.to_string(), rx, self.shared.clone()));
+        let task = crate::task::spawn(peer_task(id, addr.to_string(), rx, self.shared.clone()));
         self.peers.insert(
             id,
             Peer {
@@ -208,7 +208,7 @@ async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, sh
                     // One transfer at a time; the core asks again if this one fails.
                     continue;
                 }
-                snapshot_task = Some(crate::spawn(send_snapshot(
+                snapshot_task = Some(crate::task::spawn(send_snapshot(
                     client.clone(),
                     header,
                     meta,
@@ -270,16 +270,36 @@ async fn send_snapshot(
     let _ = feedback.send(Inbound::SnapshotStatus { peer, ok }).await;
 }
 
+/// Why a snapshot transfer to a peer failed.
+#[derive(Debug, thiserror::Error)]
+enum SnapshotSendError {
+    /// The snapshot file could not be opened.
+    #[error("opening the snapshot: {0}")]
+    Open(#[from] crate::storage::StorageError),
+    /// Reading a chunk of it failed.
+    #[error("reading the snapshot: {0}")]
+    Read(#[from] std::io::Error),
+    /// The stream closed before every chunk was handed to it.
+    #[error("the snapshot stream was closed")]
+    StreamClosed,
+    /// The task that reads the chunks stopped (panicked).
+    #[error("the snapshot reader task stopped: {0}")]
+    Reader(#[from] tokio::task::JoinError),
+    /// The peer refused the stream or the call failed.
+    #[error("the peer answered: {0}")]
+    Rpc(#[from] tonic::Status),
+}
+
 async fn stream_snapshot(
     client: &mut RaftClient<Channel>,
     header: &Header,
     meta: &SnapshotMeta,
     snapshots: &SnapshotStore,
     chunk: usize,
-) -> Result<(), String> {
+) -> Result<(), SnapshotSendError> {
     // Reading the file blocks, so chunks are read on the blocking pool and fed through a small
     // channel: the stream applies backpressure and never holds the whole snapshot in memory.
-    let mut reader = snapshots.open(meta).map_err(|e| e.to_string())?;
+    let mut reader = snapshots.open(meta)?;
     let (tx, rx) = mpsc::channel::<pb::InstallSnapshotRequest>(4);
     let base = pb::InstallSnapshotRequest {
         cluster_id: header.cluster_id.clone(),
@@ -289,14 +309,14 @@ async fn stream_snapshot(
         ..Default::default()
     };
     let wire_meta = meta_to_wire(meta);
-    let producer = tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let producer = tokio::task::spawn_blocking(move || -> Result<(), SnapshotSendError> {
         let mut offset = 0u64;
         let mut first = true;
         loop {
             let mut buf = vec![0u8; chunk];
             let mut filled = 0;
             while filled < chunk {
-                let n = reader.read(&mut buf[filled..]).map_err(|e| e.to_string())?;
+                let n = reader.read(&mut buf[filled..])?;
                 if n == 0 {
                     break;
                 }
@@ -314,7 +334,7 @@ async fn stream_snapshot(
             first = false;
             offset += filled as u64;
             if tx.blocking_send(req).is_err() {
-                return Err("the snapshot stream was closed".into());
+                return Err(SnapshotSendError::StreamClosed);
             }
             if done {
                 return Ok(());
@@ -323,9 +343,9 @@ async fn stream_snapshot(
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let sent = client.install_snapshot(stream).await;
-    let produced = producer.await.map_err(|e| e.to_string())?;
-    produced?;
-    sent.map(drop).map_err(|s| s.to_string())
+    producer.await??;
+    sent?;
+    Ok(())
 }
 
 #[cfg(test)]
