@@ -28,9 +28,10 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint, Uri};
 use tonic::{Code, Status};
 
+use crate::error::Error;
+use crate::options::ClientOptions;
 use crate::session::WriteSlot;
 use crate::sync::lock;
-use crate::{ClientOptions, Error};
 
 /// The most endpoints a client keeps. Redirects add the leader's address when it is not one of
 /// the configured endpoints; the cap keeps a long-lived client in a churning cluster bounded.

@@ -18,9 +18,10 @@ use raftkv_proto::{check_key, check_value};
 use tonic::Code;
 
 use crate::call::{CallKind, Caller, with_deadline};
+use crate::error::Error;
+use crate::options::ClientOptions;
 pub use crate::session::SESSION_WINDOW;
 use crate::session::WriteSession;
-use crate::{ClientOptions, Error};
 
 /// A value with the version (log index) of the write that produced it.
 #[derive(Clone, Debug, PartialEq, Eq)]

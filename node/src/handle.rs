@@ -6,7 +6,7 @@
 //! [`NodeError::Overloaded`] (RESOURCE_EXHAUSTED) rather than by waiting, so overload never piles
 //! up unbounded work behind the Raft loop.
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use raftkv_raft::{NodeId, Role};
@@ -187,20 +187,14 @@ impl NodeHandle {
 
     /// Sets what `Cluster.Status` answers before the driver runs.
     pub(crate) fn set_status_before_start(&self, status: NodeStatus) {
-        *self
-            .before_start
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = status;
+        *crate::sync::lock(&self.before_start) = status;
     }
 
     /// What the node says about itself before its driver runs: loading its state (with the
     /// cluster id, term and log position from disk, so that no peer mistakes it for fresh) or
     /// fresh and deciding.
     pub fn status_before_start(&self) -> NodeStatus {
-        self.before_start
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::sync::lock(&self.before_start).clone()
     }
 
     /// This node's id.

@@ -21,7 +21,7 @@
 //! - `bootstrap`: the identity file, and bootstrap or join (with the catch-up barrier) for a node
 //!   with an empty data directory;
 //! - [`node`]: servers, start and stop;
-//! - `task`: spawning tasks inside the node's tracing span;
+//! - `task`: spawning tasks inside the node's tracing span; `sync`: the one lock helper;
 //! - `shutdown`: the signal that stops the node's tasks, and knowing that they all stopped;
 //! - [`handle`], [`error`]: how callers talk to a running node and what can go wrong.
 //!
@@ -44,6 +44,7 @@ pub mod node;
 pub mod planted;
 mod shutdown;
 pub mod storage;
+mod sync;
 mod task;
 pub mod transport;
 

@@ -55,6 +55,7 @@ use std::sync::Arc;
 use raftkv_raft::{Entry, EntryPayload, HardState, Index, SnapshotMeta, Term};
 
 use super::codec::{self, Decoder};
+use super::contract::{LogStorage, RecoveredState};
 use super::error::{Result, StorageError};
 use super::fsutil;
 use super::log::Log;
@@ -65,7 +66,6 @@ use super::segment::{
 };
 use super::snapshot::SnapshotStore;
 use super::snapshot_stream::StagedSnapshot;
-use super::{LogStorage, RecoveredState};
 
 /// Tunables of a [`DiskStorage`].
 #[derive(Clone, Debug, PartialEq, Eq)]

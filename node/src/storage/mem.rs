@@ -7,7 +7,7 @@
 
 use raftkv_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 
-use super::LogStorage;
+use super::contract::LogStorage;
 use super::error::{Result, StorageError};
 use super::log::Log;
 use super::snapshot::SnapshotStore;

@@ -23,10 +23,12 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use raftkv_raft::{Index, SnapshotMeta, Term};
+
+use crate::sync::lock;
 
 use super::error::{Result, StorageError};
 use super::fsutil;
@@ -246,12 +248,6 @@ impl SnapshotStore {
         }
         self.prune(keep, (current.index, current.term))
     }
-}
-
-/// Locks the in-memory map. A panic while holding this lock cannot leave the map half-updated
-/// (each critical section is a single insert, remove or clone), so poisoning is ignored.
-fn lock(map: &Mutex<MemSnapshots>) -> MutexGuard<'_, MemSnapshots> {
-    map.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn stem(index: Index, term: Term) -> String {

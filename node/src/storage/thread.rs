@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 
 use raftkv_raft::{Entry, HardState, Index};
 
-use super::LogStorage;
+use super::contract::LogStorage;
 use super::error::{Result, StorageError};
 use super::snapshot_stream::StagedSnapshot;
 

@@ -35,18 +35,12 @@ impl PeerGuards {
         if guard_ms == 0 {
             return;
         }
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(peer, Duration::from_millis(guard_ms));
+        crate::sync::lock(&self.0).insert(peer, Duration::from_millis(guard_ms));
     }
 
     /// The shortest guard reported by any of `peers` that reported one.
     pub fn shortest(&self, peers: impl IntoIterator<Item = NodeId>) -> Option<Duration> {
-        let guards = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guards = crate::sync::lock(&self.0);
         peers
             .into_iter()
             .filter_map(|p| guards.get(&p).copied())
