@@ -1,4 +1,5 @@
-//! A compact binary encoding of the Raft core's types, for WAL records and snapshot headers.
+//! A compact binary encoding of the Raft core's types, for WAL records and snapshot headers, built
+//! on the node's one codec (`crate::codec`).
 //!
 //! Integers are unsigned LEB128 varints (terms, indexes and ids are small, so most take one or two
 //! bytes), byte strings are a varint length followed by the bytes, and enums are a one-byte tag.
@@ -11,112 +12,7 @@ use raftkv_raft::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryPayload, HardState, NodeId, SnapshotMeta,
 };
 
-/// Why a byte string does not decode.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DecodeError {
-    /// The input ended in the middle of a value.
-    #[error("input ends in the middle of a value at byte {0}")]
-    Truncated(usize),
-    /// A varint is longer than ten bytes or overflows 64 bits.
-    #[error("varint overflows 64 bits at byte {0}")]
-    VarintOverflow(usize),
-    /// An enum tag has no meaning.
-    #[error("unknown {what} tag {tag} at byte {at}")]
-    UnknownTag {
-        /// Which enum.
-        what: &'static str,
-        /// The tag found.
-        tag: u8,
-        /// Where.
-        at: usize,
-    },
-    /// Bytes are left over after the value.
-    #[error("{0} unexpected trailing bytes")]
-    Trailing(usize),
-}
-
-/// Appends a varint.
-pub(crate) fn put_u64(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        // Truncation to the low seven bits is the point of the encoding.
-        buf.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-/// Appends a length-prefixed byte string.
-pub(crate) fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
-    put_u64(buf, b.len() as u64);
-    buf.extend_from_slice(b);
-}
-
-/// Reads values from a byte slice, front to back.
-pub(crate) struct Decoder<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Decoder<'a> {
-    /// A decoder at the start of `buf`.
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
-    }
-
-    /// Fails unless every byte was consumed.
-    pub(crate) fn finish(self) -> Result<(), DecodeError> {
-        self.finish_ref()
-    }
-
-    /// Like [`Self::finish`], for a decoder that is borrowed.
-    pub(crate) fn finish_ref(&self) -> Result<(), DecodeError> {
-        match self.buf.len() - self.pos {
-            0 => Ok(()),
-            n => Err(DecodeError::Trailing(n)),
-        }
-    }
-
-    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
-        let b = *self
-            .buf
-            .get(self.pos)
-            .ok_or(DecodeError::Truncated(self.pos))?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
-        let start = self.pos;
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            let low = u64::from(b & 0x7f);
-            // The tenth byte may only contribute the single top bit.
-            if shift == 63 && low > 1 {
-                return Err(DecodeError::VarintOverflow(start));
-            }
-            v |= low << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(DecodeError::VarintOverflow(start))
-    }
-
-    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
-        let at = self.pos;
-        let len = self.u64()?;
-        let remaining = (self.buf.len() - self.pos) as u64;
-        if len > remaining {
-            return Err(DecodeError::Truncated(at));
-        }
-        // `len <= remaining`, which fits in usize.
-        let end = self.pos + len as usize;
-        let out = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(out)
-    }
-}
+pub(crate) use crate::codec::{DecodeError, Reader, put_bytes, put_varint};
 
 const PAYLOAD_NOOP: u8 = 0;
 const PAYLOAD_NORMAL: u8 = 1;
@@ -128,8 +24,8 @@ const CHANGE_REMOVE_NODE: u8 = 2;
 
 /// Appends an entry.
 pub(crate) fn put_entry(buf: &mut Vec<u8>, e: &Entry) {
-    put_u64(buf, e.term);
-    put_u64(buf, e.index);
+    put_varint(buf, e.term);
+    put_varint(buf, e.index);
     match &e.payload {
         EntryPayload::Noop => buf.push(PAYLOAD_NOOP),
         EntryPayload::Normal(data) => {
@@ -147,7 +43,7 @@ pub(crate) fn put_entry(buf: &mut Vec<u8>, e: &Entry) {
                         ConfChangeType::PromoteLearner => CHANGE_PROMOTE_LEARNER,
                         ConfChangeType::RemoveNode => CHANGE_REMOVE_NODE,
                     });
-                    put_u64(buf, c.node_id);
+                    put_varint(buf, c.node_id);
                     put_bytes(buf, &c.context);
                 }
             }
@@ -157,33 +53,33 @@ pub(crate) fn put_entry(buf: &mut Vec<u8>, e: &Entry) {
 }
 
 /// Reads an entry.
-pub(crate) fn get_entry(d: &mut Decoder<'_>) -> Result<Entry, DecodeError> {
-    let term = d.u64()?;
-    let index = d.u64()?;
-    let at = d.pos;
-    let payload = match d.u8()? {
+pub(crate) fn get_entry(d: &mut Reader<'_>) -> Result<Entry, DecodeError> {
+    let term = d.varint("entry term")?;
+    let index = d.varint("entry index")?;
+    let at = d.offset();
+    let payload = match d.u8("entry payload")? {
         PAYLOAD_NOOP => EntryPayload::Noop,
-        PAYLOAD_NORMAL => EntryPayload::Normal(Bytes::copy_from_slice(d.bytes()?)),
+        PAYLOAD_NORMAL => EntryPayload::Normal(Bytes::copy_from_slice(d.bytes("entry data")?)),
         PAYLOAD_CONFIG => {
-            let at = d.pos;
-            let change = match d.u8()? {
+            let at = d.offset();
+            let change = match d.u8("conf change presence")? {
                 0 => None,
                 1 => {
-                    let at = d.pos;
-                    let change_type = match d.u8()? {
+                    let at = d.offset();
+                    let change_type = match d.u8("conf change type")? {
                         CHANGE_ADD_LEARNER => ConfChangeType::AddLearner,
                         CHANGE_PROMOTE_LEARNER => ConfChangeType::PromoteLearner,
                         CHANGE_REMOVE_NODE => ConfChangeType::RemoveNode,
                         tag => {
-                            return Err(DecodeError::UnknownTag {
+                            return Err(DecodeError::BadTag {
                                 what: "conf change type",
-                                tag,
-                                at,
+                                value: tag,
+                                offset: at,
                             });
                         }
                     };
-                    let node_id = d.u64()?;
-                    let context = Bytes::copy_from_slice(d.bytes()?);
+                    let node_id = d.varint("conf change node id")?;
+                    let context = Bytes::copy_from_slice(d.bytes("conf change context")?);
                     Some(ConfChange {
                         change_type,
                         node_id,
@@ -191,10 +87,10 @@ pub(crate) fn get_entry(d: &mut Decoder<'_>) -> Result<Entry, DecodeError> {
                     })
                 }
                 tag => {
-                    return Err(DecodeError::UnknownTag {
+                    return Err(DecodeError::BadTag {
                         what: "option",
-                        tag,
-                        at,
+                        value: tag,
+                        offset: at,
                     });
                 }
             };
@@ -202,10 +98,10 @@ pub(crate) fn get_entry(d: &mut Decoder<'_>) -> Result<Entry, DecodeError> {
             EntryPayload::Config { change, conf }
         }
         tag => {
-            return Err(DecodeError::UnknownTag {
+            return Err(DecodeError::BadTag {
                 what: "entry payload",
-                tag,
-                at,
+                value: tag,
+                offset: at,
             });
         }
     };
@@ -219,21 +115,21 @@ pub(crate) fn get_entry(d: &mut Decoder<'_>) -> Result<Entry, DecodeError> {
 /// Appends a configuration.
 fn put_conf(buf: &mut Vec<u8>, conf: &ConfState) {
     for set in [&conf.voters, &conf.learners] {
-        put_u64(buf, set.len() as u64);
+        put_varint(buf, set.len() as u64);
         for id in set {
-            put_u64(buf, *id);
+            put_varint(buf, *id);
         }
     }
 }
 
 /// Reads a configuration.
-fn get_conf(d: &mut Decoder<'_>) -> Result<ConfState, DecodeError> {
+fn get_conf(d: &mut Reader<'_>) -> Result<ConfState, DecodeError> {
     let mut conf = ConfState::default();
     for set in [&mut conf.voters, &mut conf.learners] {
-        let n = d.u64()?;
+        let n = d.varint("member count")?;
         // No allocation is sized from `n`: a corrupt count just runs out of input.
         for _ in 0..n {
-            let id: NodeId = d.u64()?;
+            let id: NodeId = d.varint("member id")?;
             set.insert(id);
         }
     }
@@ -242,32 +138,32 @@ fn get_conf(d: &mut Decoder<'_>) -> Result<ConfState, DecodeError> {
 
 /// Appends a hard state.
 pub(crate) fn put_hard_state(buf: &mut Vec<u8>, hs: &HardState) {
-    put_u64(buf, hs.term);
-    put_u64(buf, hs.vote);
-    put_u64(buf, hs.commit);
+    put_varint(buf, hs.term);
+    put_varint(buf, hs.vote);
+    put_varint(buf, hs.commit);
 }
 
 /// Reads a hard state.
-pub(crate) fn get_hard_state(d: &mut Decoder<'_>) -> Result<HardState, DecodeError> {
+pub(crate) fn get_hard_state(d: &mut Reader<'_>) -> Result<HardState, DecodeError> {
     Ok(HardState {
-        term: d.u64()?,
-        vote: d.u64()?,
-        commit: d.u64()?,
+        term: d.varint("hard state term")?,
+        vote: d.varint("hard state vote")?,
+        commit: d.varint("hard state commit")?,
     })
 }
 
 /// Appends snapshot metadata.
 pub(crate) fn put_snapshot_meta(buf: &mut Vec<u8>, meta: &SnapshotMeta) {
-    put_u64(buf, meta.index);
-    put_u64(buf, meta.term);
+    put_varint(buf, meta.index);
+    put_varint(buf, meta.term);
     put_conf(buf, &meta.conf);
 }
 
 /// Reads snapshot metadata.
-pub(crate) fn get_snapshot_meta(d: &mut Decoder<'_>) -> Result<SnapshotMeta, DecodeError> {
+pub(crate) fn get_snapshot_meta(d: &mut Reader<'_>) -> Result<SnapshotMeta, DecodeError> {
     Ok(SnapshotMeta {
-        index: d.u64()?,
-        term: d.u64()?,
+        index: d.varint("snapshot index")?,
+        term: d.varint("snapshot term")?,
         conf: get_conf(d)?,
     })
 }
@@ -319,7 +215,7 @@ mod tests {
         for e in entries() {
             let mut buf = Vec::new();
             put_entry(&mut buf, &e);
-            let mut d = Decoder::new(&buf);
+            let mut d = Reader::new(&buf);
             assert_eq!(get_entry(&mut d), Ok(e));
             assert_eq!(d.finish(), Ok(()));
         }
@@ -331,7 +227,7 @@ mod tests {
             let mut buf = Vec::new();
             put_entry(&mut buf, &e);
             for cut in 0..buf.len() {
-                let mut d = Decoder::new(&buf[..cut]);
+                let mut d = Reader::new(&buf[..cut]);
                 assert!(get_entry(&mut d).is_err(), "prefix {cut} of {e:?} decoded");
             }
         }
@@ -341,18 +237,21 @@ mod tests {
     fn varint_edges() {
         for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX - 1, u64::MAX] {
             let mut buf = Vec::new();
-            put_u64(&mut buf, v);
-            let mut d = Decoder::new(&buf);
-            assert_eq!(d.u64(), Ok(v));
+            put_varint(&mut buf, v);
+            let mut d = Reader::new(&buf);
+            assert_eq!(d.varint("v"), Ok(v));
             assert_eq!(d.finish(), Ok(()));
         }
         // Eleven continuation bytes, and a tenth byte carrying more than one bit.
-        assert!(Decoder::new(&[0xff; 11]).u64().is_err());
+        assert!(Reader::new(&[0xff; 11]).varint("v").is_err());
         let mut too_big = vec![0xff; 9];
         too_big.push(0x02);
         assert_eq!(
-            Decoder::new(&too_big).u64(),
-            Err(DecodeError::VarintOverflow(0))
+            Reader::new(&too_big).varint("v"),
+            Err(DecodeError::BadVarint {
+                what: "v",
+                offset: 0
+            })
         );
     }
 
@@ -374,7 +273,7 @@ mod tests {
         let mut buf = Vec::new();
         put_hard_state(&mut buf, &hs);
         put_snapshot_meta(&mut buf, &meta);
-        let mut d = Decoder::new(&buf);
+        let mut d = Reader::new(&buf);
         assert_eq!(get_hard_state(&mut d), Ok(hs));
         assert_eq!(get_snapshot_meta(&mut d), Ok(meta));
         assert_eq!(d.finish(), Ok(()));
@@ -383,10 +282,13 @@ mod tests {
     #[test]
     fn a_huge_length_is_rejected_without_allocating() {
         let mut buf = vec![1, 1, PAYLOAD_NORMAL];
-        put_u64(&mut buf, u64::MAX);
+        put_varint(&mut buf, u64::MAX);
         assert_eq!(
-            get_entry(&mut Decoder::new(&buf)),
-            Err(DecodeError::Truncated(3))
+            get_entry(&mut Reader::new(&buf)),
+            Err(DecodeError::Truncated {
+                what: "entry data",
+                offset: 3
+            })
         );
     }
 }

@@ -54,7 +54,7 @@ use std::sync::Arc;
 
 use raftkv_raft::{Entry, EntryPayload, HardState, Index, SnapshotMeta, Term};
 
-use super::codec::{self, Decoder};
+use super::codec::{self, Reader};
 use super::contract::{LogStorage, RecoveredState};
 use super::error::{Result, StorageError};
 use super::fsutil;
@@ -355,7 +355,7 @@ impl DiskStorage {
         // header must describe the state before the install, which the record then changes.
         self.frame(KIND_SNAPSHOT, |b| {
             codec::put_snapshot_meta(b, &meta);
-            codec::put_u64(b, last);
+            codec::put_varint(b, last);
         })?;
         self.flush()?;
         self.log.rebase(meta.index, meta.term, keep);
@@ -413,7 +413,7 @@ impl DiskStorage {
         if frame.kind != KIND_ENTRY {
             return Err(corrupt("expected an entry record"));
         }
-        let mut d = Decoder::new(frame.payload);
+        let mut d = Reader::new(frame.payload);
         let entry = codec::get_entry(&mut d)
             .and_then(|e| d.finish().map(|()| e))
             .map_err(|e| corrupt(&e.to_string()))?;

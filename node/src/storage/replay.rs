@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use raftkv_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 
-use super::codec::{self, Decoder};
+use super::codec::{self, Reader};
 use super::error::{Result, StorageError};
 use super::fsutil;
 use super::log::{Log, Termed};
@@ -72,7 +72,7 @@ impl Replay {
         let mut first = true;
         let end = record::scan(&buf, 0, name.salt, |frame| {
             let offset = frame.offset as u64;
-            let mut d = Decoder::new(frame.payload);
+            let mut d = Reader::new(frame.payload);
             if std::mem::take(&mut first) {
                 if frame.kind != KIND_HEADER {
                     return Err("segment does not start with a header record".into());
@@ -99,7 +99,9 @@ impl Replay {
                 }
                 KIND_SNAPSHOT => {
                     let meta = codec::get_snapshot_meta(&mut d).map_err(|e| e.to_string())?;
-                    let last = d.u64().map_err(|e| e.to_string())?;
+                    let last = d
+                        .varint("snapshot record last index")
+                        .map_err(|e| e.to_string())?;
                     d.finish().map_err(|e| e.to_string())?;
                     self.snapshot(meta, last)
                 }
@@ -147,19 +149,19 @@ impl Replay {
         }))
     }
 
-    fn header(&mut self, d: &mut Decoder<'_>, seq: u64, path: &Path) -> Result<(), String> {
+    fn header(&mut self, d: &mut Reader<'_>, seq: u64, path: &Path) -> Result<(), String> {
         let mut magic = [0u8; 4];
         for b in &mut magic {
-            *b = d.u8().map_err(|e| e.to_string())?;
+            *b = d.u8("segment magic").map_err(|e| e.to_string())?;
         }
         if &magic != WAL_MAGIC {
             return Err("bad segment magic".into());
         }
-        let version = d.u8().map_err(|e| e.to_string())?;
+        let version = d.u8("segment version").map_err(|e| e.to_string())?;
         if version != WAL_VERSION {
             return Err(format!("unsupported WAL format version {version}"));
         }
-        let header_seq = d.u64().map_err(|e| e.to_string())?;
+        let header_seq = d.varint("segment seq").map_err(|e| e.to_string())?;
         if header_seq != seq {
             return Err(format!(
                 "header says segment {header_seq}, file name says {seq}"
@@ -167,8 +169,8 @@ impl Replay {
         }
         let snapshot = codec::get_snapshot_meta(d).map_err(|e| e.to_string())?;
         let hs = codec::get_hard_state(d).map_err(|e| e.to_string())?;
-        let last = d.u64().map_err(|e| e.to_string())?;
-        d.finish_ref().map_err(|e| e.to_string())?;
+        let last = d.varint("segment last index").map_err(|e| e.to_string())?;
+        d.finish().map_err(|e| e.to_string())?;
         if last < snapshot.index {
             return Err(format!(
                 "header says the log ends at {last}, below its snapshot at {}",

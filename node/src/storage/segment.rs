@@ -134,10 +134,10 @@ pub(super) fn create_segment(
     record::put_frame(&mut buf, salt, KIND_HEADER, |b| {
         b.extend_from_slice(WAL_MAGIC);
         b.push(WAL_VERSION);
-        codec::put_u64(b, seq);
+        codec::put_varint(b, seq);
         codec::put_snapshot_meta(b, snapshot);
         codec::put_hard_state(b, hs);
-        codec::put_u64(b, last_index);
+        codec::put_varint(b, last_index);
     })
     .map_err(|len| StorageError::RecordTooLarge {
         len: len as u64,

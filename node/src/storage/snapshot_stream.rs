@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use raftkv_raft::SnapshotMeta;
 
-use super::codec::{self, Decoder};
+use super::codec::{self, Reader};
 use super::error::{Result, StorageError};
 
 const MAGIC: &[u8; 8] = b"RKVSNAP1";
@@ -283,7 +283,7 @@ impl SnapshotReader {
         if crc32fast::hash(&meta_buf) != meta_crc {
             return Err(corrupt(HEADER_FIXED, "metadata checksum mismatch"));
         }
-        let mut d = Decoder::new(&meta_buf);
+        let mut d = Reader::new(&meta_buf);
         let meta = codec::get_snapshot_meta(&mut d)
             .and_then(|m| d.finish().map(|()| m))
             .map_err(|e| corrupt(HEADER_FIXED, &e.to_string()))?;
