@@ -4,6 +4,7 @@ use raftkv_proto::v1 as pb;
 use raftkv_raft::Role;
 use tonic::{Request, Response, Status};
 
+use super::outcome::finish;
 use crate::metrics::Metrics;
 
 use crate::handle::{MemberState, MemberStatus, NodeHandle, NodeStatus};
@@ -28,14 +29,6 @@ impl ClusterService {
     pub fn with_metrics(mut self, metrics: std::sync::Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
-    }
-
-    /// The single exit of every handler: counts the failure, if any, by code.
-    fn finish<T>(&self, r: Result<T, Status>) -> Result<Response<T>, Status> {
-        if let (Err(status), Some(m)) = (&r, &self.metrics) {
-            m.rpc_error(status.code());
-        }
-        r.map(Response::new)
     }
 
     async fn do_status(&self) -> Result<pb::StatusResponse, Status> {
@@ -164,28 +157,37 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.finish(self.do_status().await)
+        finish(self.metrics.as_deref(), self.do_status().await)
     }
 
     async fn add_member(
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
-        self.finish(self.do_add_member(req.into_inner()).await)
+        finish(
+            self.metrics.as_deref(),
+            self.do_add_member(req.into_inner()).await,
+        )
     }
 
     async fn remove_member(
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        self.finish(self.do_remove_member(req.into_inner()).await)
+        finish(
+            self.metrics.as_deref(),
+            self.do_remove_member(req.into_inner()).await,
+        )
     }
 
     async fn transfer_leader(
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        self.finish(self.do_transfer_leader(req.into_inner()).await)
+        finish(
+            self.metrics.as_deref(),
+            self.do_transfer_leader(req.into_inner()).await,
+        )
     }
 }
 

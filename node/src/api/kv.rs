@@ -7,6 +7,7 @@ use raftkv_proto::{check_key, check_scan_bound, check_value};
 use tonic::{Request, Response, Status};
 
 use super::limits::validate_session;
+use super::outcome::finish;
 use crate::error::NodeError;
 use crate::handle::{Consistency, NodeHandle, ReadQuery, ReadResult};
 use crate::kv::{Command, Op, SCAN_DEFAULT_LIMIT, SCAN_MAX_LIMIT, WriteResponse};
@@ -39,14 +40,6 @@ impl KvService {
     pub fn with_metrics(mut self, metrics: std::sync::Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
-    }
-
-    /// The single exit of every handler: counts the failure, if any, by code.
-    fn finish<T>(&self, r: Result<T, Status>) -> Result<Response<T>, Status> {
-        if let (Err(status), Some(m)) = (&r, &self.metrics) {
-            m.rpc_error(status.code());
-        }
-        r.map(Response::new)
     }
 
     /// Changes the commit timeout.
@@ -205,31 +198,40 @@ fn unexpected() -> Status {
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        self.finish(self.do_put(req.into_inner()).await)
+        finish(self.metrics.as_deref(), self.do_put(req.into_inner()).await)
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        self.finish(self.do_get(req.into_inner()).await)
+        finish(self.metrics.as_deref(), self.do_get(req.into_inner()).await)
     }
 
     async fn delete(
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.finish(self.do_delete(req.into_inner()).await)
+        finish(
+            self.metrics.as_deref(),
+            self.do_delete(req.into_inner()).await,
+        )
     }
 
     async fn scan(
         &self,
         req: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        self.finish(self.do_scan(req.into_inner()).await)
+        finish(
+            self.metrics.as_deref(),
+            self.do_scan(req.into_inner()).await,
+        )
     }
 
     async fn compare_and_swap(
         &self,
         req: Request<pb::CompareAndSwapRequest>,
     ) -> Result<Response<pb::CompareAndSwapResponse>, Status> {
-        self.finish(self.do_compare_and_swap(req.into_inner()).await)
+        finish(
+            self.metrics.as_deref(),
+            self.do_compare_and_swap(req.into_inner()).await,
+        )
     }
 }

@@ -7,6 +7,7 @@
 mod cluster;
 mod kv;
 mod limits;
+mod outcome;
 
 pub use cluster::ClusterService;
 pub use kv::{DEFAULT_REQUEST_TIMEOUT, KvService};

@@ -292,12 +292,7 @@ impl FrozenKv {
 
     /// The snapshot as one byte string.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        // Writing into a Vec cannot fail; the only io errors come from a real writer.
-        if let Err(e) = self.write_snapshot(&mut out) {
-            unreachable!("writing a snapshot into memory failed: {e}");
-        }
-        out
+        super::snapshot::in_memory(|out| self.write_snapshot(out))
     }
 }
 

@@ -205,12 +205,7 @@ impl KvStateMachine {
 
     /// The snapshot as one byte string.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        // Writing into a Vec cannot fail; the only io errors come from a real writer.
-        if let Err(e) = self.write_snapshot(&mut out) {
-            unreachable!("writing a snapshot into memory failed: {e}");
-        }
-        out
+        in_memory(|out| self.write_snapshot(out))
     }
 
     /// Rebuilds a state machine from [`snapshot`](Self::snapshot) bytes, with the snapshot's
@@ -461,4 +456,14 @@ fn check_client_id(client_id: &str, previous: Option<&str>) -> Result<(), Snapsh
         ));
     }
     Ok(())
+}
+
+/// Runs a snapshot writer into memory. Writing into a `Vec` cannot fail; the only io errors come
+/// from a real writer.
+pub(super) fn in_memory(write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Err(e) = write(&mut out) {
+        unreachable!("writing a snapshot into memory failed: {e}");
+    }
+    out
 }
