@@ -4,100 +4,19 @@
 //! - `peer`: one sender task per peer with one reused tonic `Channel` (connect timeout, HTTP/2
 //!   keepalive) and a bounded queue, so a slow or dead peer never blocks the others;
 //! - `server`: the `Raft` service that checks cluster id and recipient and hands messages to the
-//!   driver; it also receives snapshot streams and stages them on disk.
+//!   driver; it also receives snapshot streams and stages them on disk;
+//! - `types`: what the driver, the sender tasks and the service share (the inbound queue's
+//!   items, the configuration, the peers' lease guards), kept apart so that no child imports
+//!   from this module.
 //!
 //! Messages are one-way (see the note at the top of raft.proto): the driver steps whatever
 //! arrives, and the answers travel back through `Raft.Respond`.
 
 mod peer;
 mod server;
+mod types;
 pub mod wire;
-
-use std::time::Duration;
-
-use raftkv_raft::{Message, NodeId};
-
-use crate::storage::StagedSnapshot;
 
 pub use peer::Transport;
 pub use server::RaftService;
-
-/// The lease guard each peer last reported in its responses (`RaftResponse.lease_guard_ms`),
-/// written by the Raft service as responses arrive and read by the driver when it times a lease.
-#[derive(Clone, Debug, Default)]
-pub struct PeerGuards(
-    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, Duration>>>,
-);
-
-impl PeerGuards {
-    /// Records what `peer` reported (0 = nothing reported: ignored).
-    pub fn record(&self, peer: NodeId, guard_ms: u64) {
-        if guard_ms == 0 {
-            return;
-        }
-        crate::sync::lock(&self.0).insert(peer, Duration::from_millis(guard_ms));
-    }
-
-    /// The shortest guard reported by any of `peers` that reported one.
-    pub fn shortest(&self, peers: impl IntoIterator<Item = NodeId>) -> Option<Duration> {
-        let guards = crate::sync::lock(&self.0);
-        peers
-            .into_iter()
-            .filter_map(|p| guards.get(&p).copied())
-            .min()
-    }
-}
-
-/// What the transport hands the driver.
-#[derive(Debug)]
-pub enum Inbound {
-    /// A message from a peer.
-    Message(Message),
-    /// A complete, durable snapshot from the leader, with the core's InstallSnapshot message.
-    Snapshot {
-        /// The InstallSnapshot message to step.
-        msg: Message,
-        /// The staged data, installed when the core's `Ready` says so.
-        data: StagedSnapshot,
-    },
-    /// Sending to a peer failed; the core should stop streaming to it.
-    Unreachable(NodeId),
-    /// A snapshot transfer to a peer finished.
-    SnapshotStatus {
-        /// The peer.
-        peer: NodeId,
-        /// Whether the peer accepted it.
-        ok: bool,
-    },
-}
-
-/// Timeouts and limits of peer connections.
-#[derive(Clone, Debug)]
-pub struct TransportConfig {
-    /// How long a connection attempt may take.
-    pub connect_timeout: Duration,
-    /// How long one RPC may take (a snapshot stream gets this per chunk).
-    pub rpc_timeout: Duration,
-    /// HTTP/2 keepalive ping interval.
-    pub keepalive_interval: Duration,
-    /// Messages queued per peer before new ones are dropped (and the peer reported unreachable).
-    pub queue_len: usize,
-    /// Bytes of snapshot data per chunk.
-    pub snapshot_chunk: usize,
-    /// This node's lease guard, sent with every response (`RaftResponse.lease_guard_ms`; see
-    /// [`crate::DriverConfig::lease_guard`]).
-    pub lease_guard: Duration,
-}
-
-impl Default for TransportConfig {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(1),
-            rpc_timeout: Duration::from_secs(5),
-            keepalive_interval: Duration::from_secs(10),
-            queue_len: 1024,
-            snapshot_chunk: 256 << 10,
-            lease_guard: Duration::ZERO,
-        }
-    }
-}
+pub use types::{Inbound, PeerGuards, TransportConfig};

@@ -17,8 +17,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, warn};
 
+use super::types::{Inbound, TransportConfig};
 use super::wire::{Header, Outbound, meta_to_wire, to_wire};
-use super::{Inbound, TransportConfig};
 use crate::metrics::Metrics;
 use crate::storage::SnapshotStore;
 

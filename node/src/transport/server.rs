@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Inbound;
+use super::types::{Inbound, PeerGuards};
 use super::wire::{
     Header, append_from_wire, meta_from_wire, response_from_wire, snapshot_message,
     timeout_now_from_wire, vote_from_wire,
@@ -29,7 +29,7 @@ pub struct RaftService {
     cluster_id: Arc<OnceLock<String>>,
     tx: mpsc::Sender<Inbound>,
     snapshots: SnapshotStore,
-    guards: super::PeerGuards,
+    guards: PeerGuards,
 }
 
 impl RaftService {
@@ -39,7 +39,7 @@ impl RaftService {
         cluster_id: Arc<OnceLock<String>>,
         tx: mpsc::Sender<Inbound>,
         snapshots: SnapshotStore,
-        guards: super::PeerGuards,
+        guards: PeerGuards,
     ) -> Self {
         Self {
             id,

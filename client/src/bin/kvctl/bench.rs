@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use crate::cli::BenchArgs;
 use crate::commands::connect;
+use crate::exit::{Exit, Failure};
 use crate::output::Output;
-use crate::{Exit, Failure};
 
 /// The highest latency tracked: anything slower is recorded as this (60 s, in µs).
 const MAX_LATENCY_US: u64 = 60_000_000;

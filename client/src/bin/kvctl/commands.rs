@@ -7,8 +7,8 @@ use raftkv_client::{Bytes, Client, ClientOptions, Consistency};
 use serde_json::{Map, Value, json};
 
 use crate::cli::{Command, MemberCommand};
+use crate::exit::{Exit, Failure};
 use crate::output::{self, Output};
-use crate::{Exit, Failure};
 
 /// Connects a client with the global flags.
 pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {

@@ -25,8 +25,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, interval};
 
 use crate::cli::LocalUpArgs;
+use crate::exit::{Exit, Failure};
 use crate::output::Output;
-use crate::{Exit, Failure};
 
 /// A running node.
 struct Node {

@@ -5,12 +5,14 @@
 //! - `output`: text and `--json` rendering, the status table.
 //! - `local`: `kvctl local up`, a cluster of kvnode child processes on 127.0.0.1.
 //! - `bench`: `kvctl bench`, concurrent load with HdrHistogram latency percentiles.
+//! - `exit`: the exit codes and the failures that map to them.
 //!
 //! Exit codes (DESIGN §5): 0 success, 1 definite failure, 2 usage error, 3 outcome unknown.
 
 mod bench;
 mod cli;
 mod commands;
+mod exit;
 mod local;
 mod output;
 
@@ -19,64 +21,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, LocalCommand};
+use crate::exit::Exit;
 use crate::output::Output;
-
-/// How `kvctl` exits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// 0: the command did what was asked.
-    Success = 0,
-    /// 1: a definite failure: nothing changed, or the answer is "no" (key not found, compare
-    /// failed, server refused the request).
-    Failure = 1,
-    /// 2: the command line is wrong (clap uses the same code for its own errors).
-    Usage = 2,
-    /// 3: no answer in time: a write may or may not have been applied.
-    Unknown = 3,
-}
-
-/// Why a command failed: a client error (mapped to an exit code by kind) or anything else.
-#[derive(Debug)]
-pub enum Failure {
-    /// An error from the client library.
-    Client(raftkv_client::Error),
-    /// A local problem (files, child processes, stdin); exits with 1.
-    Other(String),
-}
-
-impl From<raftkv_client::Error> for Failure {
-    fn from(error: raftkv_client::Error) -> Self {
-        Failure::Client(error)
-    }
-}
-
-impl Failure {
-    fn exit(&self) -> Exit {
-        use raftkv_client::Error;
-        match self {
-            Failure::Client(e) if e.is_outcome_unknown() => Exit::Unknown,
-            Failure::Client(Error::NoEndpoints | Error::InvalidEndpoint { .. }) => Exit::Usage,
-            Failure::Client(_) | Failure::Other(_) => Exit::Failure,
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self.exit() {
-            Exit::Unknown => "outcome_unknown",
-            Exit::Usage => "usage",
-            _ => "failure",
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Client(e) => e.fmt(f),
-            Failure::Other(message) => f.write_str(message),
-        }
-    }
-}
 
 fn main() -> ExitCode {
     // `try_parse` + `exit` keeps clap's own behaviour: help and version exit 0, usage errors 2.
