@@ -20,6 +20,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	scripts/check-core-purity.sh
+	scripts/check-module-cycles.py
 
 fmt:
 	$(CARGO) fmt --all
