@@ -491,12 +491,11 @@ fn open_channel(uri: &str, options: &ClientOptions) -> Result<Channel, Error> {
             endpoint: uri.to_owned(),
             reason: e.to_string(),
         })?;
-    Ok(endpoint
+    Ok(raftkv_proto::http2::tune_endpoint(endpoint)
         .connect_timeout(options.connect_timeout)
         .http2_keep_alive_interval(options.keepalive_interval)
         .keep_alive_timeout(options.keepalive_timeout)
         .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
         .connect_lazy())
 }
 

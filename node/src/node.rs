@@ -18,13 +18,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use raftkv_proto::MAX_GRPC_MESSAGE_BYTES;
+use raftkv_proto::http2::tune_server;
 use raftkv_proto::v1 as pb;
 use raftkv_raft::{Config, InitialState, NodeId, RawNode};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::api::{ClusterService, KvService};
@@ -516,7 +517,7 @@ async fn spawn_servers(
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     servers.push(serve(
-        Server::builder()
+        tune_server(Server::builder())
             .add_service(kv_service)
             .add_service(cluster_service.clone())
             .add_service(health_service.clone()),
@@ -525,7 +526,7 @@ async fn spawn_servers(
         "client",
     ));
     servers.push(serve(
-        Server::builder()
+        tune_server(Server::builder())
             .add_service(raft_service)
             .add_service(cluster_service)
             .add_service(health_service),
@@ -543,7 +544,9 @@ fn serve(
     name: &'static str,
 ) -> JoinHandle<()> {
     crate::task::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
+        // The server was handed a bound listener, so its own `tcp_nodelay` does not apply:
+        // set it on each accepted socket (see `raftkv_proto::http2`).
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         // `shutdown` is held until the server has drained; a clone tells it to begin.
         let mut signal = shutdown.clone();
         let stop = async move { signal.recv().await };

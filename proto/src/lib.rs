@@ -13,8 +13,11 @@
 //!   into its `Error::InvalidArgument` and the server into an INVALID_ARGUMENT status, so both
 //!   refuse the same input with the same words.
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC reflection.
+//! - [`http2`]: TCP_NODELAY and HTTP/2 windows, applied by every channel and server alike.
 //!
 //! Byte fields are `bytes::Bytes` (re-exported by prost as [`prost::bytes`]).
+
+pub mod http2;
 
 /// Package `raftkv.v1`: every message, enum, client and server of the three services.
 #[allow(missing_docs)] // tonic's generated client/server plumbing has items without docs.

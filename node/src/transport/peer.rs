@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use raftkv_proto::MAX_GRPC_MESSAGE_BYTES;
+use raftkv_proto::http2::tune_endpoint;
 use raftkv_proto::v1 as pb;
 use raftkv_proto::v1::raft_client::RaftClient;
 use raftkv_raft::{Message, NodeId, SnapshotMeta};
@@ -159,9 +160,9 @@ fn message_size(m: &Message) -> u64 {
 fn endpoint(addr: &str, cfg: &TransportConfig) -> Result<Endpoint, tonic::transport::Error> {
     // The name is resolved again on every (re)connect, so a pod that comes back with a new IP is
     // found again under its stable DNS name.
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = tune_endpoint(Endpoint::from_shared(format!("http://{addr}"))?);
+    Ok(endpoint
         .connect_timeout(cfg.connect_timeout)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(cfg.keepalive_interval)
         .keep_alive_timeout(cfg.rpc_timeout)
         .keep_alive_while_idle(true))
