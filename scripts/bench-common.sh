@@ -58,11 +58,29 @@ bench_build() {
   (cd "$ROOT" && cargo build "${flags[@]}" --bin kvnode --bin kvctl) || die "build failed"
 }
 
-# Fails when something already listens on 127.0.0.1:PORT.
+# Whether nothing listens on 127.0.0.1:PORT.
 port_free() {
-  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-    die "port $1 is in use; set BENCH_PORT_BASE (raftkv) or ETCD_PORT_BASE (etcd) to free ports"
-  fi
+  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Prints the first base from $1 upwards (in steps of 200) whose ports BASE+1..3 and BASE+101..103
+# are all free, so that a run does not collide with a cluster someone else left on the defaults.
+free_port_base() {
+  local base=$1 try id ok
+  for try in $(seq 0 20); do
+    ok=1
+    for id in 1 2 3; do
+      if ! port_free $((base + try * 200 + id)) || ! port_free $((base + try * 200 + 100 + id)); then
+        ok=0
+        break
+      fi
+    done
+    if [ "$ok" = 1 ]; then
+      echo $((base + try * 200))
+      return 0
+    fi
+  done
+  die "no free ports near $1; set BENCH_PORT_BASE or ETCD_PORT_BASE"
 }
 
 # The client endpoints of the raftkv cluster, comma-separated.
@@ -85,13 +103,10 @@ raftkv_start_node() {
   BENCH_PIDS+=("$!")
 }
 
-# Starts the 3-node raftkv cluster (ports checked first).
+# Starts the 3-node raftkv cluster on the first free ports from BENCH_PORT_BASE (which it updates).
 raftkv_start() {
   local id
-  for id in 1 2 3; do
-    port_free $((BENCH_PORT_BASE + id))
-    port_free $((BENCH_PORT_BASE + 100 + id))
-  done
+  BENCH_PORT_BASE=$(free_port_base "$BENCH_PORT_BASE")
   for id in 1 2 3; do raftkv_start_node "$id"; done
 }
 

@@ -146,9 +146,10 @@ def main():
     plots = sorted(p for p in os.listdir(args.plots) if p.startswith("etcd-") and p.endswith(".svg")) \
         if os.path.isdir(args.plots) else []
     if plots:
-        out += ["", "Latency percentile spectra (log–log; x: percentile, y: ms):", ""]
+        out += ["", "Latency distributions, raftkv and etcd on the same axes (log–log; x: "
+                "percentile, y: ms):", ""]
         rel = os.path.relpath(args.plots, args.doc_dir)
-        out += [f"![{p[5:-4]}]({rel}/{p})" for p in plots]
+        out += [f"![{p[len('etcd-'):-len('.svg')]}]({rel}/{p})" for p in plots]
     env = [f"BENCH_SECONDS={args.seconds}"]
     if args.clients != "1 8 32 128 512":
         env.append(f"BENCH_CLIENTS='{args.clients}'")

@@ -6,8 +6,8 @@
 # `kvctl bench` against each in turn, cell by cell, over the matrix: puts, linearizable gets and
 # LEASE (raftkv) / serializable (etcd) gets; 1, 8, 32, 128, 512 closed-loop clients on at most
 # BENCH_CONNECTIONS connections; 256 B and 4 KiB values. Then it writes the bench-etcd section of
-# docs/benchmarks.md (table, ratios, goals, plots, machine, command) and stops everything it
-# started, also on Ctrl-C.
+# docs/benchmarks.md (table, ratios, goals, machine, command) with a plot per workload of both
+# latency distributions (docs/bench/*.svg), and stops everything it started, also on Ctrl-C.
 #
 # Environment (defaults in brackets): BENCH_SECONDS per cell [8; the default matrix is 60 cells,
 # about 12 min], BENCH_CLIENTS ["1 8 32 128 512"], BENCH_VALUE_SIZES ["256 4096"],
@@ -43,9 +43,8 @@ etcd_start() {
       || die "cannot install etcd-server"
   fi
   local i cluster=""
+  ETCD_PORT_BASE=$(free_port_base "$ETCD_PORT_BASE")
   for i in 1 2 3; do
-    port_free $((ETCD_PORT_BASE + i))
-    port_free $((ETCD_PORT_BASE + 100 + i))
     cluster+="${cluster:+,}e$i=http://127.0.0.1:$((ETCD_PORT_BASE + 100 + i))"
   done
   mkdir -p "$BENCH_DIR/etcd"
@@ -90,9 +89,9 @@ main() {
   machine=$(machine_description)
   log "machine: $machine"
 
-  log "starting raftkv on $(raftkv_endpoints) and etcd on $(etcd_endpoints)"
   raftkv_start
   etcd_start
+  log "started raftkv on $(raftkv_endpoints) and etcd on $(etcd_endpoints)"
   wait_target raftkv
   wait_target etcd
   log "etcd $(etcd --version | awk '/etcd Version/ { print $3 }'), both clusters serving"
@@ -116,8 +115,11 @@ main() {
         for target in raftkv etcd; do
           name="$workload-$size-$clients-$target"
           plot=()
-          if [ "$clients" = "$PLOT_CLIENTS" ] && [ "$size" = 256 ] && [ "$workload" != get-lease ]; then
-            plot=(--plot "$PLOT_DIR/etcd-$name.svg")
+          # One plot per workload: etcd's run draws raftkv's saved spectrum beside its own.
+          if [ "$target" = etcd ] && [ "$clients" = "$PLOT_CLIENTS" ] && [ "$size" = 256 ] \
+            && [ -s "$RESULTS/$workload-$size-$clients-raftkv.json" ]; then
+            plot=(--plot "$PLOT_DIR/etcd-$workload-$size-$clients.svg"
+              --plot-with "$RESULTS/$workload-$size-$clients-raftkv.json")
           fi
           log "$name (${SECONDS_PER_CELL}s)"
           bench "$target" --value-size "$size" --clients "$clients" \

@@ -87,6 +87,19 @@ async fn json_report_has_ordered_percentiles_and_the_run_shape() {
         report["latency_ms"]["write"]["count"].as_u64().unwrap_or(0),
     );
     assert_eq!(reads + writes, 300);
+    // The spectrum `--plot-with` reads back: quantiles ascending to 1, latencies not falling.
+    let spectrum = report["spectrum"]["write"].as_array().expect("a spectrum");
+    let points: Vec<(f64, f64)> = spectrum
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap_or(-1.0), p[1].as_f64().unwrap_or(-1.0)))
+        .collect();
+    assert!(
+        points
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+        "{points:?}"
+    );
+    assert_eq!(points.last().map(|p| p.0), Some(1.0));
 }
 
 #[tokio::test]

@@ -36,10 +36,7 @@ pub async fn run(
     });
     let args = Arc::new(args);
 
-    let connections = match args.connections {
-        0 => args.clients,
-        n => n.min(args.clients),
-    };
+    let connections = args.connection_count();
     let mut pool = Vec::with_capacity(connections as usize);
     for _ in 0..connections {
         pool.push(Connection::open(args.target, endpoints, timeout).await?);
@@ -97,7 +94,7 @@ pub async fn run(
         let _ = progress.await;
     }
 
-    report(&total, elapsed, &args, connections, out)?;
+    report(&total, elapsed, &args, out)?;
     let succeeded = total.reads.len() + total.writes.len();
     Ok(if succeeded > 0 {
         Exit::Success
@@ -154,21 +151,22 @@ async fn worker(
 }
 
 /// Prints the report (text or `--json`) and draws `--plot`.
-fn report(
-    total: &Tally,
-    elapsed: Duration,
-    args: &BenchArgs,
-    connections: u32,
-    out: &Output,
-) -> Result<(), Failure> {
+fn report(total: &Tally, elapsed: Duration, args: &BenchArgs, out: &Output) -> Result<(), Failure> {
     let all = total.all()?;
     let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
     if let Some(path) = &args.plot {
-        bench_plot::draw(
-            path,
-            &plot_title(args),
-            &[("read", &total.reads), ("write", &total.writes)],
-        )?;
+        let mut series = Vec::new();
+        for earlier in &args.plot_with {
+            series.extend(bench_plot::load_series(earlier)?);
+        }
+        let target = target_name(args.target);
+        for (op, histogram) in [("read", &total.reads), ("write", &total.writes)] {
+            series.push(bench_plot::Series {
+                name: format!("{target} {op}"),
+                points: bench_plot::spectrum(histogram),
+            });
+        }
+        bench_plot::draw(path, &plot_title(args), &series)?;
         out.note(&format!("latency plot written to {}", path.display()));
     }
     if !out.is_json() {
@@ -178,7 +176,7 @@ fn report(
     out.json(&json!({
         "target": target_name(args.target),
         "clients": args.clients,
-        "connections": connections,
+        "connections": args.connection_count(),
         "keys": args.keys,
         "value_size": args.value_size,
         "read_ratio": args.read_ratio,
@@ -192,6 +190,11 @@ fn report(
             "all": bench_stats::latency_json(&all),
             "read": bench_stats::latency_json(&total.reads),
             "write": bench_stats::latency_json(&total.writes),
+        },
+        // [[quantile, ms], ...] per operation: what `--plot-with` draws from a saved report.
+        "spectrum": {
+            "read": bench_plot::spectrum_json(&total.reads),
+            "write": bench_plot::spectrum_json(&total.writes),
         },
     }));
     Ok(())
@@ -220,10 +223,16 @@ fn plot_title(args: &BenchArgs) -> String {
         r if r >= 1.0 => format!("{} get", consistency_name(args.target, args.consistency)),
         r => format!("{:.0}% get", r * 100.0),
     };
+    // With earlier runs on the same axes the legend names the targets; the title names the load.
+    let who = if args.plot_with.is_empty() {
+        format!("{} ", target_name(args.target))
+    } else {
+        String::new()
+    };
     format!(
-        "{} {mix}, {} clients, {} B values",
-        target_name(args.target),
+        "{who}{mix}, {} clients on {} connections, {} B values",
         args.clients,
+        args.connection_count(),
         args.value_size
     )
 }

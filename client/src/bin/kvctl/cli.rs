@@ -200,6 +200,20 @@ pub struct BenchArgs {
     /// Also draw the latency distribution (percentile spectrum) into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Draw the latency distribution of an earlier run (its `--json` report) on the same plot;
+    /// may be repeated.
+    #[arg(long, value_name = "REPORT.json", requires = "plot")]
+    pub plot_with: Vec<PathBuf>,
+}
+
+impl BenchArgs {
+    /// How many connections the run opens: --connections, at most one per client (0 = one each).
+    pub fn connection_count(&self) -> u32 {
+        match self.connections {
+            0 => self.clients,
+            n => n.min(self.clients),
+        }
+    }
 }
 
 /// `--target` values.
