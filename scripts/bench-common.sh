@@ -159,7 +159,7 @@ machine_description() {
     "$fs" "$(fsync_latency_ms "$BENCH_DIR")"
   printf '(mean of 300, dd oflag=dsync); load average before the run %s; git %s%s.\n' \
     "$(cut -d' ' -f1-3 /proc/loadavg)" "$(git -C "$ROOT" rev-parse --short HEAD)" \
-    "$(git -C "$ROOT" diff --quiet HEAD -- . 2>/dev/null || echo ' (with uncommitted changes)')"
+    "$(git -C "$ROOT" diff --quiet HEAD -- . ':!docs' 2>/dev/null || echo ' (with uncommitted changes)')"
 }
 
 # Replaces the section NAME of docs/benchmarks.md (between its markers) with the contents of file

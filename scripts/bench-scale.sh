@@ -43,6 +43,10 @@ main() {
 
   raftkv_start
   log "raftkv up in $(wait_serving "$endpoints")s; loading $KEYS keys x $VALUE B"
+  # Before the load: what a node costs with no data (runtime, buffers, code).
+  local -A rss_empty
+  local id
+  for id in 1 2 3; do rss_empty[$id]=$(rss_mib "$id"); done
   local load="$BENCH_DIR/load.json"
   "$KVCTL" --endpoints "$endpoints" --timeout 10s --json bench --target raftkv \
     --key-order sequential --keys "$KEYS" --requests "$KEYS" --read-ratio 0 \
@@ -53,7 +57,6 @@ main() {
   # The last key written is readable once the leader has applied the whole load.
   wait_serving "$endpoints" 300 "$last_key" >/dev/null
   local -A rss_loaded data
-  local id
   for id in 1 2 3; do
     rss_loaded[$id]=$(rss_mib "$id")
     data[$id]=$(data_mib "$id")
@@ -89,12 +92,14 @@ print(f"Loaded {int(keys):,} keys of {key_bytes} B with {value}-byte values thro
       f"{f', {errors} errors' if errors else ''}).")
 EOF
     echo
-    echo "| node | RSS after the load | RSS after the restart | data directory | RSS / raw bytes |"
-    echo "|---|---|---|---|---|"
+    echo "| node | RSS empty | RSS after the load | RSS after the restart | data directory | RSS / raw bytes | (RSS − empty) / raw |"
+    echo "|---|---|---|---|---|---|---|"
     for id in 1 2 3; do
-      printf '| %s | %s MiB | %s MiB | %s MiB | %s× |\n' "$id" "${rss_loaded[$id]}" \
-        "${rss_restarted[$id]}" "${data[$id]}" \
-        "$(awk -v r="${rss_loaded[$id]}" -v b="$raw_mib" 'BEGIN { printf "%.2f", r / b }')"
+      printf '| %s | %s MiB | %s MiB | %s MiB | %s MiB | %s× | %s× |\n' "$id" "${rss_empty[$id]}" \
+        "${rss_loaded[$id]}" "${rss_restarted[$id]}" "${data[$id]}" \
+        "$(awk -v r="${rss_loaded[$id]}" -v b="$raw_mib" 'BEGIN { printf "%.2f", r / b }')" \
+        "$(awk -v r="${rss_loaded[$id]}" -v e="${rss_empty[$id]}" -v b="$raw_mib" \
+          'BEGIN { printf "%.2f", (r - e) / b }')"
     done
     echo
     echo "Raw bytes (keys + values): $raw_mib MiB. Goal: RSS ≤ 2× raw."

@@ -218,10 +218,16 @@ fn consistency_name(target: BenchTarget, consistency: ReadConsistency) -> &'stat
 }
 
 fn plot_title(args: &BenchArgs) -> String {
+    // Beside another target's run, name the read level both were asked for (raftkv's).
+    let level = if args.plot_with.is_empty() {
+        consistency_name(args.target, args.consistency)
+    } else {
+        consistency_name(BenchTarget::Raftkv, args.consistency)
+    };
     let mix = match args.read_ratio {
         r if r <= 0.0 => "put".to_owned(),
-        r if r >= 1.0 => format!("{} get", consistency_name(args.target, args.consistency)),
-        r => format!("{:.0}% get", r * 100.0),
+        r if r >= 1.0 => format!("{level} get"),
+        r => format!("{:.0}% {level} get", r * 100.0),
     };
     // With earlier runs on the same axes the legend names the targets; the title names the load.
     let who = if args.plot_with.is_empty() {
