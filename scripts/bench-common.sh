@@ -49,6 +49,12 @@ bench_init() {
   mkdir -p "$BENCH_DIR"
 }
 
+# Removes the clusters' data directories after a finished run (1M keys take a few GB over three
+# nodes); the logs and results stay in BENCH_DIR until the next run.
+bench_drop_data() {
+  rm -rf "$BENCH_DIR"/raftkv/node-*/ "$BENCH_DIR"/etcd/e*/
+}
+
 # Builds kvnode and kvctl: release with the etcd target, or debug (BENCH_PROFILE=debug) as CI's
 # tests build them, so the smoke run reuses their build.
 bench_build() {

@@ -130,6 +130,7 @@ main() {
     done
   done
   bench_cleanup
+  bench_drop_data
 
   local body="$BENCH_DIR/section.md"
   python3 "$ROOT/scripts/bench-etcd-report.py" --results "$RESULTS" --plots "$PLOT_DIR" \

@@ -72,6 +72,7 @@ main() {
   local -A rss_restarted
   for id in 1 2 3; do rss_restarted[$id]=$(rss_mib "$id"); done
   bench_cleanup
+  bench_drop_data
 
   local raw_mib body="$BENCH_DIR/section.md"
   raw_mib=$(awk -v n="$KEYS" -v k="$KEY_BYTES" -v v="$VALUE" 'BEGIN { printf "%.1f", n * (k + v) / 1048576 }')

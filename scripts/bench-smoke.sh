@@ -23,6 +23,7 @@ main() {
     --duration "${BENCH_SMOKE_SECONDS:-5}s" --read-ratio 0.5 --plot "$BENCH_DIR/smoke.svg" \
     >"$BENCH_DIR/smoke.json" || die "kvctl bench failed: $(cat "$BENCH_DIR/smoke.json")"
   bench_cleanup
+  bench_drop_data
   python3 - "$BENCH_DIR/smoke.json" "$BENCH_DIR/smoke.svg" <<'PY'
 import json, sys
 import xml.etree.ElementTree as ET

@@ -46,14 +46,14 @@ pub async fn run(
         None => format!("{:?}", args.duration),
     };
     out.note(&format!(
-        "bench {:?}: {} clients on {connections} connections, {what}, {} keys, {}-byte values, \
-         {:.0}% reads ({:?}) against {}",
-        args.target,
+        "bench {}: {} clients on {connections} connections, {what}, {} keys, {}-byte values, \
+         {:.0}% reads ({}) against {}",
+        target_name(args.target),
         args.clients,
         args.keys,
         args.value_size,
         args.read_ratio * 100.0,
-        args.consistency,
+        consistency_name(args.target, args.consistency),
         endpoints.join(",")
     ));
 
