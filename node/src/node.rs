@@ -34,10 +34,10 @@ use crate::bootstrap::{
     Origin, bootstrap_or_join, has_state, read_identity, status_on_disk, write_bootstrap_state,
 };
 use crate::driver::{Driver, DriverConfig, DriverError, DriverParts, Observed};
-use crate::entry::{EntryKind, load_snapshot};
+use crate::entry::load_snapshot;
 use crate::handle::NodeHandle;
 use crate::kv::KvStateMachine;
-use crate::members::{MemberAddrs, MemberBook, added_learner};
+use crate::members::{MemberAddrs, MemberBook, learn_from_log};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::storage::{DiskOptions, DiskStorage, LogStorage, StorageThread};
@@ -354,8 +354,10 @@ async fn start_in_span(
         kv = snap_kv;
         book.extend(snap_book);
     }
+    // The driver's rule for entries it appends (`members::learn_from_log`); the committed
+    // `MemberUpdate`s are learned when the driver applies them again from the snapshot on.
     for e in &recovered.entries {
-        learn_from_entry(&mut book, e);
+        learn_from_log(&mut book, e);
     }
     // Our own entry in the book is replicated state: the driver publishes it through the log
     // (so that everyone learns our client address), rather than assuming it here.
@@ -555,16 +557,6 @@ fn serve(
         }
         drop(shutdown);
     })
-}
-
-fn learn_from_entry(book: &mut MemberBook, e: &raftkv_raft::Entry) {
-    if let Some((id, Ok(addrs))) = added_learner(e) {
-        book.insert(id, addrs);
-    } else if let raftkv_raft::EntryPayload::Normal(data) = &e.payload
-        && let Ok(EntryKind::MemberUpdate { id, addrs }) = EntryKind::decode(data)
-    {
-        book.insert(id, addrs);
-    }
 }
 
 fn random_seed() -> u64 {

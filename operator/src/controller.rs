@@ -212,7 +212,7 @@ async fn reconcile_inner<N: NodeApi>(kvc: &KvCluster, ctx: &Context<N>) -> Resul
     let cluster = match Cluster::from_resource(kvc) {
         Ok(c) => Some(c),
         Err(_) if matches!(plan.action, Action::InitializeStatus { .. }) => None,
-        Err(e) => return Err(Error::Invalid(e)),
+        Err(e) => return Err(Error::Invalid(e.to_string())),
     };
     let mut expanding = None;
     if let (Some(cluster), Some(replicas)) = (&cluster, plan.statefulset_replicas) {

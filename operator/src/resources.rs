@@ -90,26 +90,39 @@ pub struct Cluster {
     pub initial_replicas: i32,
 }
 
+/// Why a KvCluster cannot be built on yet (see [`Cluster::from_resource`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotBuildable {
+    /// No `metadata.name`.
+    #[error("the KvCluster has no name")]
+    NoName,
+    /// No `metadata.namespace`: never stored by an API server.
+    #[error("the KvCluster has no namespace")]
+    NoNamespace,
+    /// No `metadata.uid`: never stored by an API server.
+    #[error("the KvCluster has no UID")]
+    NoUid,
+    /// The first reconcile has not frozen `status.initialReplicas` yet.
+    #[error("status.initialReplicas is not set yet")]
+    NoInitialReplicas,
+}
+
 impl Cluster {
     /// The facts of `kvc`, or why it cannot be built on yet (no namespace or UID: it was never
     /// stored by an API server; no `initialReplicas`: the first reconcile has not frozen it yet).
-    pub fn from_resource(kvc: &KvCluster) -> Result<Cluster, String> {
-        let name = kvc
-            .metadata
-            .name
-            .clone()
-            .ok_or("the KvCluster has no name")?;
+    pub fn from_resource(kvc: &KvCluster) -> Result<Cluster, NotBuildable> {
+        let name = kvc.metadata.name.clone().ok_or(NotBuildable::NoName)?;
         let namespace = kvc
             .metadata
             .namespace
             .clone()
-            .ok_or("the KvCluster has no namespace")?;
-        let uid = kvc.metadata.uid.clone().ok_or("the KvCluster has no UID")?;
+            .ok_or(NotBuildable::NoNamespace)?;
+        let uid = kvc.metadata.uid.clone().ok_or(NotBuildable::NoUid)?;
         let initial_replicas = kvc
             .status
             .as_ref()
             .and_then(|s| s.initial_replicas)
-            .ok_or("status.initialReplicas is not set yet")?;
+            .ok_or(NotBuildable::NoInitialReplicas)?;
         Ok(Cluster {
             name,
             namespace,
@@ -928,7 +941,7 @@ mod tests {
         kvc.metadata.uid = Some("0b6f5a6e-uid".into());
         assert_eq!(
             Cluster::from_resource(&kvc),
-            Err("status.initialReplicas is not set yet".to_string())
+            Err(NotBuildable::NoInitialReplicas)
         );
         kvc.status = Some(crate::crd::KvClusterStatus {
             initial_replicas: Some(3),
