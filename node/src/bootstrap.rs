@@ -267,6 +267,7 @@ impl PeerView {
 struct PeerChannels {
     channels: BTreeMap<String, tonic::transport::Channel>,
     tls: Option<raftkv_proto::tls::Connector>,
+    log: std::sync::Arc<crate::tls::LogOnce>,
 }
 
 impl PeerChannels {
@@ -287,12 +288,26 @@ impl PeerChannels {
     }
 }
 
-async fn ask_peer(channel: tonic::transport::Channel) -> Option<PeerView> {
-    let status = pb::cluster_client::ClusterClient::new(channel)
+async fn ask_peer(
+    id: NodeId,
+    channel: tonic::transport::Channel,
+    log: &crate::tls::LogOnce,
+) -> Option<PeerView> {
+    let answer = pb::cluster_client::ClusterClient::new(channel)
         .status(pb::StatusRequest {})
-        .await
-        .ok()?
-        .into_inner();
+        .await;
+    let status = match answer {
+        Ok(response) => response.into_inner(),
+        Err(e) => {
+            // A TLS failure does not heal by asking again: say so, once per peer and reason.
+            if let Some(reason) = raftkv_proto::tls::explain(&e)
+                && log.should_log(&format!("node {id}"), &reason)
+            {
+                tracing::warn!(peer = id, %reason, "cannot ask a peer: TLS refused");
+            }
+            return None;
+        }
+    };
     Some(PeerView { status })
 }
 
@@ -302,20 +317,24 @@ async fn ask_peer(channel: tonic::transport::Channel) -> Option<PeerView> {
 /// peer's address under another id (a misconfigured address, or a port reused by another
 /// cluster's node) must not count towards the quorum that lets this node bootstrap.
 async fn ask_peers(peers: &BTreeMap<NodeId, String>, channels: &mut PeerChannels) -> Vec<PeerView> {
+    let log = channels.log.clone();
     let asks: Vec<_> = peers
         .iter()
         .filter_map(|(&id, addr)| Some((id, channels.channel(addr)?)))
-        .map(|(id, channel)| async move {
-            let view = ask_peer(channel).await?;
-            if view.status.node_id != id {
-                info!(
-                    asked = id,
-                    answered = view.status.node_id,
-                    "a peer answered under another id; its answer is ignored"
-                );
-                return None;
+        .map(|(id, channel)| {
+            let log = log.clone();
+            async move {
+                let view = ask_peer(id, channel, &log).await?;
+                if view.status.node_id != id {
+                    info!(
+                        asked = id,
+                        answered = view.status.node_id,
+                        "a peer answered under another id; its answer is ignored"
+                    );
+                    return None;
+                }
+                Some(view)
             }
-            Some(view)
         })
         .collect();
     crate::task::join_all(asks.into_iter())
@@ -347,6 +366,7 @@ pub(crate) async fn bootstrap_or_join(
     let mut channels = PeerChannels {
         channels: BTreeMap::new(),
         tls,
+        log: Default::default(),
     };
     loop {
         let views = ask_peers(&peers, &mut channels).await;
