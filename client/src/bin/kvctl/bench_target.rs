@@ -34,14 +34,22 @@ pub enum Connection {
 }
 
 impl Connection {
-    /// Connects to `target` at `endpoints`; `timeout` bounds each request.
+    /// Connects to `target` at `endpoints` (raftkv with `tls` if given); `timeout` bounds each
+    /// request.
     pub async fn open(
         target: BenchTarget,
         endpoints: &[String],
         timeout: Duration,
+        tls: Option<&raftkv_client::tls::TlsConfig>,
     ) -> Result<Self, Failure> {
         match target {
-            BenchTarget::Raftkv => Ok(Connection::Raftkv(connect(endpoints, timeout).await?)),
+            BenchTarget::Raftkv => Ok(Connection::Raftkv(
+                connect(endpoints, timeout, tls).await?,
+            )),
+            // The comparison runs both stores on plain loopback; etcd's TLS flags differ.
+            BenchTarget::Etcd if tls.is_some() => Err(Failure::Other(
+                "kvctl bench --target etcd does not take --cacert/--cert/--key: run etcd without TLS for the comparison".into(),
+            )),
             BenchTarget::Etcd => etcd::open(endpoints, timeout).await,
         }
     }
