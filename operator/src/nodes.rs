@@ -4,13 +4,29 @@
 //! [`NodeApi`] is a trait so that the controller's tests answer for the nodes without any process,
 //! and so that a process-backed adapter can drive the same act layer; [`GrpcNodes`] is the real
 //! thing. Every call has a short timeout: one hung pod must not stall a reconcile.
+//!
+//! With client TLS on (`spec.tls.client`), every call carries a [`NodeTls`]: the CA bundle the
+//! nodes' certificates chain to, and the operator's own client certificate when the nodes
+//! require one. The server name checked is the host dialled, a pod's stable DNS name, which its
+//! certificate carries.
 
 use std::future::Future;
 use std::time::Duration;
 
 use raftkv_client::{Client, ClientOptions};
 use raftkv_proto::v1::{StatusRequest, StatusResponse, cluster_client::ClusterClient};
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::certs::KeyedCert;
+
+/// How the operator speaks TLS to the nodes' client ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTls {
+    /// The CA certificates (PEM) the nodes' certificates must chain to.
+    pub ca_pem: String,
+    /// The operator's client certificate, when the nodes require one.
+    pub identity: Option<KeyedCert>,
+}
 
 /// Why a node call failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,17 +43,25 @@ pub enum NodeError {
     /// A membership or leadership change failed.
     #[error("{0}")]
     Change(String),
+    /// The TLS material cannot be used.
+    #[error("TLS to node {0}: {1}")]
+    Tls(String, String),
 }
 
 /// What the operator asks of the nodes.
 pub trait NodeApi: Send + Sync + 'static {
     /// `Cluster.Status` of the node at `addr` (`host:port`): its own view.
-    fn status(&self, addr: &str) -> impl Future<Output = Result<StatusResponse, NodeError>> + Send;
+    fn status(
+        &self,
+        addr: &str,
+        tls: Option<&NodeTls>,
+    ) -> impl Future<Output = Result<StatusResponse, NodeError>> + Send;
 
     /// `Cluster.AddMember`: `node_id` as a learner, sent to any of `endpoints` (redirects to the
     /// leader are followed).
     fn add_member(
         &self,
+        tls: Option<&NodeTls>,
         endpoints: Vec<String>,
         node_id: u64,
         peer_addr: String,
@@ -47,6 +71,7 @@ pub trait NodeApi: Send + Sync + 'static {
     /// `Cluster.RemoveMember`; returns once the removal is committed.
     fn remove_member(
         &self,
+        tls: Option<&NodeTls>,
         endpoints: Vec<String>,
         node_id: u64,
     ) -> impl Future<Output = Result<(), NodeError>> + Send;
@@ -54,6 +79,7 @@ pub trait NodeApi: Send + Sync + 'static {
     /// `Cluster.TransferLeader` to the most caught-up follower; returns the new leader's id.
     fn transfer_leader(
         &self,
+        tls: Option<&NodeTls>,
         endpoints: Vec<String>,
     ) -> impl Future<Output = Result<u64, NodeError>> + Send;
 }
@@ -77,12 +103,25 @@ impl Default for GrpcNodes {
 }
 
 impl GrpcNodes {
-    fn client(&self, endpoints: Vec<String>) -> impl Future<Output = Result<Client, NodeError>> {
+    fn client(
+        &self,
+        tls: Option<&NodeTls>,
+        endpoints: Vec<String>,
+    ) -> impl Future<Output = Result<Client, NodeError>> {
         let options = ClientOptions {
             timeout: self.change_timeout,
             ..ClientOptions::default()
         };
+        let tls = tls.is_some();
         async move {
+            if tls {
+                // The client library takes no TLS configuration yet (issue 13, item 4, on its
+                // own branch); until it does, changes to a TLS cluster are refused, loudly.
+                return Err(NodeError::Change(
+                    "membership changes over client TLS need the client library's TLS support"
+                        .into(),
+                ));
+            }
             Client::connect(endpoints, options)
                 .await
                 .map_err(|e| NodeError::Change(e.to_string()))
@@ -90,10 +129,26 @@ impl GrpcNodes {
     }
 }
 
+/// The endpoint for `addr`, over TLS when `tls` is given (the server name is `addr`'s host).
+fn endpoint(addr: &str, tls: Option<&NodeTls>) -> Result<Endpoint, NodeError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| NodeError::Address(addr.into(), e.to_string()))?;
+    let Some(tls) = tls else {
+        return Ok(endpoint);
+    };
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+    if let Some(id) = &tls.identity {
+        config = config.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+    }
+    endpoint
+        .tls_config(config)
+        .map_err(|e| NodeError::Tls(addr.into(), e.to_string()))
+}
+
 impl NodeApi for GrpcNodes {
-    async fn status(&self, addr: &str) -> Result<StatusResponse, NodeError> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| NodeError::Address(addr.into(), e.to_string()))?
+    async fn status(&self, addr: &str, tls: Option<&NodeTls>) -> Result<StatusResponse, NodeError> {
+        let endpoint = endpoint(addr, tls)?
             .connect_timeout(self.status_timeout)
             .timeout(self.status_timeout);
         let call = async {
@@ -116,12 +171,13 @@ impl NodeApi for GrpcNodes {
 
     async fn add_member(
         &self,
+        tls: Option<&NodeTls>,
         endpoints: Vec<String>,
         node_id: u64,
         peer_addr: String,
         client_addr: String,
     ) -> Result<(), NodeError> {
-        self.client(endpoints)
+        self.client(tls, endpoints)
             .await?
             .add_member(node_id, peer_addr, client_addr)
             .await
@@ -129,8 +185,13 @@ impl NodeApi for GrpcNodes {
             .map_err(|e| NodeError::Change(format!("add member {node_id}: {e}")))
     }
 
-    async fn remove_member(&self, endpoints: Vec<String>, node_id: u64) -> Result<(), NodeError> {
-        self.client(endpoints)
+    async fn remove_member(
+        &self,
+        tls: Option<&NodeTls>,
+        endpoints: Vec<String>,
+        node_id: u64,
+    ) -> Result<(), NodeError> {
+        self.client(tls, endpoints)
             .await?
             .remove_member(node_id)
             .await
@@ -138,8 +199,12 @@ impl NodeApi for GrpcNodes {
             .map_err(|e| NodeError::Change(format!("remove member {node_id}: {e}")))
     }
 
-    async fn transfer_leader(&self, endpoints: Vec<String>) -> Result<u64, NodeError> {
-        self.client(endpoints)
+    async fn transfer_leader(
+        &self,
+        tls: Option<&NodeTls>,
+        endpoints: Vec<String>,
+    ) -> Result<u64, NodeError> {
+        self.client(tls, endpoints)
             .await?
             .transfer_leader(0)
             .await

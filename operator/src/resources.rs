@@ -39,6 +39,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{KvCluster, KvClusterSpec};
+use crate::podtls;
 
 /// The client port: `Kv`, `Cluster` and the gRPC health service.
 pub const CLIENT_PORT: i32 = 7001;
@@ -110,6 +111,7 @@ impl Cluster {
             .as_ref()
             .and_then(|s| s.initial_replicas)
             .ok_or("status.initialReplicas is not set yet")?;
+        podtls::validate(kvc.spec.tls.as_ref()).map_err(|e| e.to_string())?;
         Ok(Cluster {
             name,
             namespace,
@@ -190,7 +192,8 @@ impl Cluster {
         }
     }
 
-    fn metadata(&self, name: String) -> ObjectMeta {
+    /// The metadata of an owned object `name`: namespace, labels, owner reference.
+    pub(crate) fn metadata(&self, name: String) -> ObjectMeta {
         ObjectMeta {
             name: Some(name),
             namespace: Some(self.namespace.clone()),
@@ -295,8 +298,9 @@ pub fn pod_disruption_budget(c: &Cluster, members: i32) -> PodDisruptionBudget {
     }
 }
 
-/// The NetworkPolicy: the peer port only from this cluster's own pods. The peer port has no
-/// authentication yet, and a forged AppendEntries with a high term deposes a leader. The client
+/// The NetworkPolicy: the peer port only from this cluster's own pods. Without `spec.tls.peer`
+/// the peer port has no authentication, and a forged AppendEntries with a high term deposes a
+/// leader; with it, this fence stays as a second wall. The client
 /// and metrics ports stay open to everyone (listing them is required: a policy that selects a pod
 /// for Ingress denies every port it does not allow).
 pub fn network_policy(c: &Cluster) -> NetworkPolicy {
@@ -444,27 +448,52 @@ fn container(c: &Cluster) -> Container {
         protocol: Some("TCP".into()),
         ..ContainerPort::default()
     };
+    let tls = podtls::pod_tls(&c.name, c.spec.tls.as_ref());
+    let mut args = node_args(c);
+    args.extend(tls.args);
+    let mut volume_mounts = vec![VolumeMount {
+        name: DATA_VOLUME.into(),
+        mount_path: DATA_DIR.into(),
+        ..VolumeMount::default()
+    }];
+    volume_mounts.extend(tls.mounts);
+    // Readiness is the overall gRPC health status (a member that knows a leader), but the
+    // kubelet's gRPC probe speaks plain text only: with client TLS on, readiness falls back to
+    // the client port accepting connections (docs/operator-tls.md).
+    let readiness = if tls.client_tls {
+        Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(CLIENT_PORT),
+                host: None,
+            }),
+            ..Probe::default()
+        }
+    } else {
+        Probe {
+            grpc: Some(GRPCAction {
+                port: CLIENT_PORT,
+                service: None,
+            }),
+            ..Probe::default()
+        }
+    };
     Container {
         name: CONTAINER.into(),
         image: Some(c.spec.image.clone()),
         image_pull_policy: c.spec.image_pull_policy.map(|p| p.as_str().to_string()),
-        args: Some(node_args(c)),
+        args: Some(args),
+        env: (!tls.env.is_empty()).then_some(tls.env),
         ports: Some(vec![
             cport("client", CLIENT_PORT),
             cport("peer", PEER_PORT),
             cport("metrics", METRICS_PORT),
         ]),
         resources: c.spec.resources.clone(),
-        // Readiness is the overall gRPC health status: a member that knows a leader.
         readiness_probe: Some(Probe {
-            grpc: Some(GRPCAction {
-                port: CLIENT_PORT,
-                service: None,
-            }),
             period_seconds: Some(5),
             timeout_seconds: Some(2),
             failure_threshold: Some(2),
-            ..Probe::default()
+            ..readiness
         }),
         // Liveness must not depend on leadership or quorum, or a cluster that lost its leader
         // would have every pod restarted (DESIGN §6). The node serves no separately named
@@ -480,11 +509,7 @@ fn container(c: &Cluster) -> Container {
             failure_threshold: Some(6),
             ..Probe::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: DATA_DIR.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(volume_mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -505,8 +530,10 @@ fn container(c: &Cluster) -> Container {
 /// policy.
 pub fn statefulset(c: &Cluster, replicas: i32) -> StatefulSet {
     let spec = &c.spec;
+    let volumes = podtls::pod_tls(&c.name, spec.tls.as_ref()).volumes;
     let pod_spec = PodSpec {
         containers: vec![container(c)],
+        volumes: (!volumes.is_empty()).then_some(volumes),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
         affinity: Some(spec.affinity.clone().unwrap_or_else(|| default_affinity(c))),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
@@ -653,6 +680,7 @@ mod tests {
             priority_class_name: None,
             tuning: Tuning::default(),
             paused: false,
+            tls: None,
         }
     }
 

@@ -261,7 +261,9 @@ impl FakeStatefulSet {
                     self.log_tail(ordinal)
                 );
             }
-            let status = nodes.status(&self.slots[ordinal].client.to_string()).await;
+            let status = nodes
+                .status(&self.slots[ordinal].client.to_string(), None)
+                .await;
             if status.is_ok_and(|s| s.node_id == ordinal as u64 + 1) {
                 return;
             }
@@ -302,7 +304,7 @@ impl FakeStatefulSet {
             .remove(&ordinal);
         let asked = Instant::now();
         let now = loop {
-            match GrpcNodes::default().status(&client).await {
+            match GrpcNodes::default().status(&client, None).await {
                 Err(e) if had_led && asked.elapsed() < Duration::from_secs(10) => {
                     println!("demo-{ordinal} (a former leader) did not answer: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -380,7 +382,7 @@ impl FakeStatefulSet {
                 continue;
             }
             let status = nodes
-                .status(&slot.client.to_string())
+                .status(&slot.client.to_string(), None)
                 .await
                 .ok()
                 .map(|r| node_status(&r));
@@ -466,10 +468,10 @@ async fn act(set: &mut FakeStatefulSet, nodes: &GrpcNodes, p: &Plan) -> String {
             format!("statefulset {from} -> {to}")
         }
         Action::RemoveMember { node_id } => {
-            let result = nodes.remove_member(endpoints, *node_id).await;
+            let result = nodes.remove_member(None, endpoints, *node_id).await;
             format!("removed member {node_id}{}", failure(result.err()))
         }
-        Action::TransferLeader { from } => match nodes.transfer_leader(endpoints).await {
+        Action::TransferLeader { from } => match nodes.transfer_leader(None, endpoints).await {
             Ok(to) => format!("leadership {from} -> {to}"),
             Err(e) => format!("leadership {from} -> ?{}", failure(Some(e))),
         },
@@ -487,6 +489,7 @@ async fn act(set: &mut FakeStatefulSet, nodes: &GrpcNodes, p: &Plan) -> String {
             let slot = &set.slots[*ordinal as usize];
             let result = nodes
                 .add_member(
+                    None,
                     endpoints,
                     *node_id,
                     slot.peer.to_string(),
@@ -892,7 +895,7 @@ async fn wait_for_voters(set: &FakeStatefulSet, nodes: &GrpcNodes, n: usize) -> 
         let p = plan(&set.observe(nodes, n as i32).await);
         if let Some(leader) = &p.leader {
             let status = nodes
-                .status(&set.slots[leader.id as usize - 1].client.to_string())
+                .status(&set.slots[leader.id as usize - 1].client.to_string(), None)
                 .await;
             if let Ok(s) = status {
                 let voters: Vec<u64> = s
