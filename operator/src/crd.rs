@@ -383,8 +383,8 @@ pub struct ClientTls {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<AutoTls>,
 
-    /// Refuse clients without a certificate from the CA (`kvnode --client-ca`). The gRPC
-    /// readiness probe cannot present one, so the pods' readiness is then a TCP check.
+    /// Refuse clients without a certificate from the CA (`kvnode --client-ca`). Readiness is
+    /// unaffected: with client TLS the kubelet probes kvnode's plain health port (7201).
     #[serde(default)]
     pub require_client_certificate: bool,
 }

@@ -25,6 +25,9 @@ pub const PEER_DIR: &str = "/etc/raftkv/peer";
 pub const CLIENT_DIR: &str = "/etc/raftkv/client";
 /// The environment variable holding the pod's name (downward API), for `$(POD_NAME)` in args.
 pub const POD_NAME_ENV: &str = "POD_NAME";
+/// The plain gRPC health port kvnode serves (`--listen-health`) when its client port has TLS:
+/// the kubelet's gRPC probe cannot speak TLS, so readiness is probed here.
+pub const HEALTH_PORT: i32 = 7201;
 /// The trust bundle's key in every TLS Secret (the cert-manager layout's name).
 pub const CA_KEY: &str = "ca.crt";
 
@@ -100,7 +103,8 @@ pub struct PodTls {
     pub mounts: Vec<VolumeMount>,
     /// The `POD_NAME` variable, when a flag names a per-pod file.
     pub env: Vec<EnvVar>,
-    /// Whether the client port speaks TLS (the kubelet's gRPC probe cannot, then).
+    /// Whether the client port speaks TLS; then kvnode also serves plain gRPC health on
+    /// [`HEALTH_PORT`] for the kubelet's probe.
     pub client_tls: bool,
 }
 
@@ -187,6 +191,8 @@ pub fn pod_tls(cluster: &str, tls: Option<&TlsSpec>) -> PodTls {
         if required {
             out.args.push(format!("--client-ca={dir}/{CA_KEY}"));
         }
+        out.args
+            .push(format!("--listen-health=0.0.0.0:{HEALTH_PORT}"));
         out.client_tls = true;
     }
     if per_pod {
@@ -296,6 +302,7 @@ mod tests {
                 "--peer-ca=/etc/raftkv/peer/ca.crt",
                 "--client-cert=/etc/raftkv/client/tls.crt",
                 "--client-key=/etc/raftkv/client/tls.key",
+                "--listen-health=0.0.0.0:7201",
             ]
         );
         assert!(p.env.is_empty(), "no per-pod file, no POD_NAME");

@@ -309,6 +309,11 @@ pub fn network_policy(c: &Cluster) -> NetworkPolicy {
         protocol: Some("TCP".into()),
         end_port: None,
     };
+    let mut open = vec![tcp(CLIENT_PORT), tcp(METRICS_PORT)];
+    if podtls::pod_tls(&c.name, c.spec.tls.as_ref()).client_tls {
+        // The kubelet's readiness probe goes to the plain health port then.
+        open.push(tcp(podtls::HEALTH_PORT));
+    }
     NetworkPolicy {
         metadata: c.metadata(c.headless_service_name()),
         spec: Some(NetworkPolicySpec {
@@ -324,7 +329,7 @@ pub fn network_policy(c: &Cluster) -> NetworkPolicy {
                 },
                 NetworkPolicyIngressRule {
                     from: None,
-                    ports: Some(vec![tcp(CLIENT_PORT), tcp(METRICS_PORT)]),
+                    ports: Some(open),
                 },
             ]),
             egress: None,
@@ -457,43 +462,39 @@ fn container(c: &Cluster) -> Container {
         ..VolumeMount::default()
     }];
     volume_mounts.extend(tls.mounts);
-    // Readiness is the overall gRPC health status (a member that knows a leader), but the
-    // kubelet's gRPC probe speaks plain text only: with client TLS on, readiness falls back to
-    // the client port accepting connections (docs/operator-tls.md).
-    let readiness = if tls.client_tls {
-        Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(CLIENT_PORT),
-                host: None,
-            }),
-            ..Probe::default()
-        }
+    // Readiness is the overall gRPC health status (a member that knows a leader). The kubelet's
+    // gRPC probe speaks plain text only, so with client TLS on it asks kvnode's plain health
+    // port instead of the client port.
+    let health_port = if tls.client_tls {
+        podtls::HEALTH_PORT
     } else {
-        Probe {
-            grpc: Some(GRPCAction {
-                port: CLIENT_PORT,
-                service: None,
-            }),
-            ..Probe::default()
-        }
+        CLIENT_PORT
     };
+    let mut ports = vec![
+        cport("client", CLIENT_PORT),
+        cport("peer", PEER_PORT),
+        cport("metrics", METRICS_PORT),
+    ];
+    if tls.client_tls {
+        ports.push(cport("health", podtls::HEALTH_PORT));
+    }
     Container {
         name: CONTAINER.into(),
         image: Some(c.spec.image.clone()),
         image_pull_policy: c.spec.image_pull_policy.map(|p| p.as_str().to_string()),
         args: Some(args),
         env: (!tls.env.is_empty()).then_some(tls.env),
-        ports: Some(vec![
-            cport("client", CLIENT_PORT),
-            cport("peer", PEER_PORT),
-            cport("metrics", METRICS_PORT),
-        ]),
+        ports: Some(ports),
         resources: c.spec.resources.clone(),
         readiness_probe: Some(Probe {
+            grpc: Some(GRPCAction {
+                port: health_port,
+                service: None,
+            }),
             period_seconds: Some(5),
             timeout_seconds: Some(2),
             failure_threshold: Some(2),
-            ..readiness
+            ..Probe::default()
         }),
         // Liveness must not depend on leadership or quorum, or a cluster that lost its leader
         // would have every pod restarted (DESIGN §6). The node serves no separately named

@@ -1042,9 +1042,18 @@ async fn auto_tls_issues_certificates_before_the_statefulset_that_mounts_them() 
         k["volumeMounts"][1],
         json!({"name": "tls", "mountPath": "/etc/raftkv/tls", "readOnly": true})
     );
-    // The kubelet's gRPC probe cannot speak TLS: readiness is the port accepting connections.
-    assert_eq!(k["readinessProbe"]["grpc"], Value::Null);
-    assert_eq!(k["readinessProbe"]["tcpSocket"], json!({"port": 7001}));
+    // The kubelet's gRPC probe cannot speak TLS: readiness asks kvnode's plain health port,
+    // which the NetworkPolicy opens like the client port.
+    assert!(args.contains(&json!("--listen-health=0.0.0.0:7201")));
+    assert_eq!(k["readinessProbe"]["grpc"], json!({"port": 7201}));
+    assert_eq!(
+        k["ports"][3],
+        json!({"name": "health", "containerPort": 7201, "protocol": "TCP"})
+    );
+    assert_eq!(
+        bodies[11]["spec"]["ingress"][1]["ports"][2],
+        json!({"port": 7201, "protocol": "TCP"})
+    );
     assert!(
         ctx.metrics
             .render()
