@@ -259,20 +259,30 @@ impl PeerView {
 
 /// One lazily connected channel per peer address, kept across rounds: a node asks every half
 /// second for as long as it decides, and must not dial a new connection each time.
+///
+/// With peer TLS, peers are asked over mutual TLS like all peer traffic: the answer that lets a
+/// node bootstrap then comes from a certificate valid for the address asked, not from whoever
+/// answers at it.
 #[derive(Default)]
-struct PeerChannels(BTreeMap<String, tonic::transport::Channel>);
+struct PeerChannels {
+    channels: BTreeMap<String, tonic::transport::Channel>,
+    tls: Option<raftkv_proto::tls::Connector>,
+}
 
 impl PeerChannels {
     fn channel(&mut self, addr: &str) -> Option<tonic::transport::Channel> {
-        if let Some(c) = self.0.get(addr) {
+        if let Some(c) = self.channels.get(addr) {
             return Some(c.clone());
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .ok()?
             .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(1))
-            .connect_lazy();
-        self.0.insert(addr.to_owned(), channel.clone());
+            .timeout(Duration::from_secs(1));
+        let channel = match &self.tls {
+            Some(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+            None => endpoint.connect_lazy(),
+        };
+        self.channels.insert(addr.to_owned(), channel.clone());
         Some(channel)
     }
 }
@@ -322,6 +332,7 @@ pub(crate) async fn bootstrap_or_join(
     cfg: &NodeConfig,
     storage: &mut DiskStorage,
     handle: &NodeHandle,
+    tls: Option<raftkv_proto::tls::Connector>,
 ) -> Result<(Identity, Option<RecoveredState>), StartError> {
     let mut peers: BTreeMap<NodeId, String> = cfg
         .peers
@@ -333,7 +344,10 @@ pub(crate) async fn bootstrap_or_join(
     let initial = cfg.id <= size;
     let quorum = size / 2 + 1;
     let mut rounds = 0u64;
-    let mut channels = PeerChannels::default();
+    let mut channels = PeerChannels {
+        channels: BTreeMap::new(),
+        tls,
+    };
     loop {
         let views = ask_peers(&peers, &mut channels).await;
         // Members the answers name are asked too (a cluster may have grown past --peers).

@@ -159,6 +159,18 @@ pub fn decode_snapshot(data: Bytes) -> Result<(MemberBook, Bytes), DecodeError> 
     Ok((book, kv))
 }
 
+/// Learns a member's addresses from a recovered log entry: an AddLearner's context or a
+/// `MemberUpdate` (what a node replays at start, before the driver takes over).
+pub(crate) fn learn_addresses(book: &mut MemberBook, e: &raftkv_raft::Entry) {
+    if let Some((id, Ok(addrs))) = crate::members::added_learner(e) {
+        book.insert(id, addrs);
+    } else if let raftkv_raft::EntryPayload::Normal(data) = &e.payload
+        && let Ok(EntryKind::MemberUpdate { id, addrs }) = EntryKind::decode(data)
+    {
+        book.insert(id, addrs);
+    }
+}
+
 /// Reads a whole node snapshot from `reader` (a snapshot file, whose checksum the reader checks)
 /// and rebuilds the address book and the KV state machine from it. Blocking: the node calls it
 /// on the blocking pool, both at start-up and when it installs a snapshot from the leader.

@@ -291,6 +291,8 @@ async fn start_cluster(dir: &std::path::Path) -> Vec<RunningNode> {
             transport: Default::default(),
             seed: Some(id),
             listen_metrics: Some("127.0.0.1:0".parse().expect("addr")),
+            listen_health: None,
+            tls: Default::default(),
         };
         // Both at once: each asks the other whether a cluster exists before bootstrapping.
         starting.push(tokio::spawn(raftkv_node::start_with_listeners(

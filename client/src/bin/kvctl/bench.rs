@@ -73,6 +73,7 @@ impl Tally {
 pub async fn run(
     endpoints: &[String],
     timeout: Duration,
+    tls: Option<&raftkv_client::tls::TlsConfig>,
     args: BenchArgs,
     out: &Output,
 ) -> Result<Exit, Failure> {
@@ -86,7 +87,7 @@ pub async fn run(
 
     let mut clients = Vec::with_capacity(args.clients as usize);
     for _ in 0..args.clients {
-        clients.push(connect(endpoints, timeout).await?);
+        clients.push(connect(endpoints, timeout, tls).await?);
     }
     let what = match args.requests {
         Some(n) => format!("{n} requests"),
