@@ -13,9 +13,15 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::path::Path;
+use std::sync::Arc;
+
+use raftkv_client::tls::TlsConfig;
 use raftkv_client::{Client, ClientOptions};
+use raftkv_proto::tls::rustls::ClientConfig;
+use raftkv_proto::tls::{Connector, Identity, client_config, explain, roots_from_pem};
 use raftkv_proto::v1::{StatusRequest, StatusResponse, cluster_client::ClusterClient};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Endpoint;
 
 use crate::certs::KeyedCert;
 
@@ -26,6 +32,29 @@ pub struct NodeTls {
     pub ca_pem: String,
     /// The operator's client certificate, when the nodes require one.
     pub identity: Option<KeyedCert>,
+}
+
+impl NodeTls {
+    /// The rustls configuration (the one the client library and kvnode use: ring, ALPN h2).
+    /// The material comes from Secrets, so the "paths" in errors name their keys.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, NodeError> {
+        let tls_error = |e: raftkv_proto::tls::TlsError| NodeError::Tls(e.to_string());
+        let roots =
+            roots_from_pem(Path::new("ca.crt"), self.ca_pem.as_bytes()).map_err(tls_error)?;
+        let identity = match &self.identity {
+            Some(id) => Some(
+                Identity::from_pem(
+                    Path::new("the operator's tls.crt"),
+                    id.cert_pem.as_bytes(),
+                    Path::new("the operator's tls.key"),
+                    id.key_pem.as_bytes(),
+                )
+                .map_err(tls_error)?,
+            ),
+            None => None,
+        };
+        Ok(Arc::new(client_config(roots, identity).map_err(tls_error)?))
+    }
 }
 
 /// Why a node call failed.
@@ -44,8 +73,8 @@ pub enum NodeError {
     #[error("{0}")]
     Change(String),
     /// The TLS material cannot be used.
-    #[error("TLS to node {0}: {1}")]
-    Tls(String, String),
+    #[error("TLS material: {0}")]
+    Tls(String),
 }
 
 /// What the operator asks of the nodes.
@@ -108,20 +137,14 @@ impl GrpcNodes {
         tls: Option<&NodeTls>,
         endpoints: Vec<String>,
     ) -> impl Future<Output = Result<Client, NodeError>> {
-        let options = ClientOptions {
-            timeout: self.change_timeout,
-            ..ClientOptions::default()
-        };
-        let tls = tls.is_some();
+        let tls = tls.map(NodeTls::client_config);
+        let timeout = self.change_timeout;
         async move {
-            if tls {
-                // The client library takes no TLS configuration yet (issue 13, item 4, on its
-                // own branch); until it does, changes to a TLS cluster are refused, loudly.
-                return Err(NodeError::Change(
-                    "membership changes over client TLS need the client library's TLS support"
-                        .into(),
-                ));
-            }
+            let options = ClientOptions {
+                timeout,
+                tls: tls.transpose()?.map(TlsConfig::from_rustls),
+                ..ClientOptions::default()
+            };
             Client::connect(endpoints, options)
                 .await
                 .map_err(|e| NodeError::Change(e.to_string()))
@@ -129,33 +152,29 @@ impl GrpcNodes {
     }
 }
 
-/// The endpoint for `addr`, over TLS when `tls` is given (the server name is `addr`'s host).
-fn endpoint(addr: &str, tls: Option<&NodeTls>) -> Result<Endpoint, NodeError> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-        .map_err(|e| NodeError::Address(addr.into(), e.to_string()))?;
-    let Some(tls) = tls else {
-        return Ok(endpoint);
-    };
-    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
-    if let Some(id) = &tls.identity {
-        config = config.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
-    }
-    endpoint
-        .tls_config(config)
-        .map_err(|e| NodeError::Tls(addr.into(), e.to_string()))
+/// Why a connection failed: the TLS reason in one line when the handshake failed (expired,
+/// unknown CA, wrong name), else the transport's own words.
+fn unreachable(addr: &str, e: &tonic::transport::Error) -> NodeError {
+    NodeError::Unreachable(addr.into(), explain(e).unwrap_or_else(|| e.to_string()))
 }
 
 impl NodeApi for GrpcNodes {
     async fn status(&self, addr: &str, tls: Option<&NodeTls>) -> Result<StatusResponse, NodeError> {
-        let endpoint = endpoint(addr, tls)?
+        // Always an http:// URI: with TLS, the handshake is the connector's (tonic's own TLS
+        // would insist on https and a configuration of its own).
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| NodeError::Address(addr.into(), e.to_string()))?
             .connect_timeout(self.status_timeout)
             .timeout(self.status_timeout);
+        let connector = tls
+            .map(|t| t.client_config().map(Connector::fixed))
+            .transpose()?;
         let call = async {
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| NodeError::Unreachable(addr.into(), e.to_string()))?;
+            let channel = match connector {
+                Some(c) => endpoint.connect_with_connector(c).await,
+                None => endpoint.connect().await,
+            }
+            .map_err(|e| unreachable(addr, &e))?;
             ClusterClient::new(channel)
                 .status(StatusRequest {})
                 .await

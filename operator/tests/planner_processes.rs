@@ -16,17 +16,16 @@
 //! StatefulSet shrinks), every pod replaced with the leader last, and 3 -> 4 again over the
 //! retained volume of a removed member (added back as a learner).
 //!
-//! The `kvnode` binary is not a binary of this package (no `CARGO_BIN_EXE_kvnode`): it is taken
-//! from the target directory of this test executable and built there with `$CARGO build -p
-//! raftkv-node --bin kvnode` if missing. Set `PLANNER_TRACE=1` to print every plan.
+//! The `kvnode` binary comes from this test executable's target directory (support/processes.rs).
+//! Set `PLANNER_TRACE=1` to print every plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -40,6 +39,10 @@ use raftkv_operator::planner::{
     Plan, plan, settle_ms,
 };
 use raftkv_operator::resources::{Cluster, SHUTDOWN_TIMEOUT_SECONDS, node_args};
+
+#[path = "support/processes.rs"]
+mod processes;
+use processes::{kvnode, reserve_ports};
 use tempfile::TempDir;
 use todc_utils::specifications::register::{RegisterOperation, RegisterSpecification};
 use todc_utils::{Action as TodcAction, History, WGLChecker};
@@ -53,50 +56,6 @@ const DEADLINE: Duration = Duration::from_secs(300);
 
 /// How long a started process may take to answer `Cluster.Status`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The `kvnode` of this worktree's target directory, built once if it is missing.
-fn kvnode() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        // target/debug/deps/planner_processes-<hash> -> target/debug/kvnode
-        let exe = std::env::current_exe().expect("the test executable's path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable lives in <target>/<profile>/deps");
-        let path = dir.join(format!("kvnode{}", std::env::consts::EXE_SUFFIX));
-        if !path.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            eprintln!(
-                "{} is missing: running `{cargo} build -p raftkv-node --bin kvnode`",
-                path.display()
-            );
-            let status = Command::new(&cargo)
-                .args(["build", "-p", "raftkv-node", "--bin", "kvnode"])
-                .status()
-                .unwrap_or_else(|e| panic!("could not run `{cargo} build`: {e}"));
-            assert!(
-                status.success() && path.exists(),
-                "`{cargo} build -p raftkv-node --bin kvnode` did not produce {} ({status}); \
-                 build it by hand and run the test again",
-                path.display()
-            );
-        }
-        path
-    })
-}
-
-/// Free ports on 127.0.0.1, as the kernel hands them out. Another process could take one before
-/// `kvnode` binds it; a node that fails to start says so in its log, which the panic shows.
-fn reserve_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound address").port())
-        .collect()
-}
 
 /// One pod slot of the fake StatefulSet: fixed ports and a data directory that outlive
 /// restarts (a PVC), and the current process, if any.
