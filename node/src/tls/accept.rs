@@ -61,6 +61,11 @@ pub fn incoming(
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
+                    // Closed before a word of TLS: a TCP probe (kubelet liveness) or a port
+                    // scan, not a misconfigured peer.
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        debug!(port = tls.port, %remote, "connection closed before the TLS handshake");
+                    }
                     Ok(Err(e)) => {
                         let reason =
                             raftkv_proto::tls::explain(&e).unwrap_or_else(|| e.to_string());
