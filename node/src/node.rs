@@ -25,9 +25,9 @@ use raftkv_raft::{Config, InitialState, NodeId, RawNode};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::api::{ClusterService, KvService};
 pub use crate::bootstrap::derive_cluster_id;
@@ -40,7 +40,7 @@ use crate::handle::NodeHandle;
 use crate::kv::KvStateMachine;
 use crate::members::{MemberAddrs, MemberBook, learn_from_log};
 use crate::metrics::Metrics;
-use crate::shutdown::{Shutdown, ShutdownSignal};
+use crate::shutdown::ShutdownSignal;
 use crate::storage::{DiskOptions, DiskStorage, LogStorage, StorageThread};
 use crate::tls::{NodeTls, TlsOptions};
 use crate::transport::{
@@ -513,12 +513,13 @@ async fn spawn_servers(
             .await
             .map_err(|e| StartError::Listen(format!("health port {addr}: {e}")))?;
         let router = Server::builder().add_service(health_service.clone());
-        servers.push(serve(
+        let stop = shutdown.subscribe();
+        servers.push(crate::tls::serve(
             router,
             listener,
             None,
-            tls,
-            shutdown.subscribe(),
+            tls.log.clone(),
+            stop,
             "health",
         ));
     }
@@ -537,63 +538,36 @@ async fn spawn_servers(
     let raft_service = pb::raft_server::RaftServer::new(raft_service)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    servers.push(serve(
+    servers.push(crate::tls::serve(
         tune_server(Server::builder())
-            .add_service(kv_service)
-            .add_service(cluster_service.clone())
-            .add_service(health_service.clone()),
+            // With --client-ca, every request must come with a certificate from it.
+            .add_service(InterceptedService::new(kv_service, tls.client_auth()))
+            .add_service(InterceptedService::new(
+                cluster_service.clone(),
+                tls.client_auth(),
+            ))
+            .add_service(InterceptedService::new(
+                health_service.clone(),
+                tls.client_auth(),
+            )),
         client_listener,
         tls.client.clone(),
-        tls,
+        tls.log.clone(),
         shutdown.subscribe(),
         "client",
     ));
-    servers.push(serve(
+    servers.push(crate::tls::serve(
         tune_server(Server::builder())
             .add_service(raft_service)
             .add_service(cluster_service)
             .add_service(health_service),
         peer_listener,
         tls.peer.clone(),
-        tls,
+        tls.log.clone(),
         shutdown.subscribe(),
         "peer",
     ));
     Ok((servers, metrics_addr))
-}
-
-/// Serves `router` on `listener`, through TLS when `port_tls` is given.
-fn serve(
-    router: tonic::transport::server::Router,
-    listener: TcpListener,
-    port_tls: Option<Arc<crate::tls::PortTls>>,
-    tls: &NodeTls,
-    shutdown: Shutdown,
-    name: &'static str,
-) -> JoinHandle<()> {
-    let log = tls.log.clone();
-    crate::task::spawn(async move {
-        // `shutdown` is held until the server has drained; a clone tells it to begin.
-        let mut signal = shutdown.clone();
-        let stop = async move { signal.recv().await };
-        let served = match port_tls {
-            Some(port_tls) => {
-                let incoming = crate::tls::incoming(listener, port_tls, log);
-                router.serve_with_incoming_shutdown(incoming, stop).await
-            }
-            None => {
-                // The server was handed a bound listener, so its own `tcp_nodelay` does not
-                // apply: set it on each accepted socket (see `raftkv_proto::http2`; the TLS
-                // acceptor does the same).
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                router.serve_with_incoming_shutdown(incoming, stop).await
-            }
-        };
-        if let Err(e) = served {
-            warn!(port = name, error = %e, "server stopped with an error");
-        }
-        drop(shutdown);
-    })
 }
 
 fn random_seed() -> u64 {

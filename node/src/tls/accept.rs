@@ -1,4 +1,4 @@
-//! Accepting TLS connections for a tonic server: TCP accept, then the handshake with the port's
+//! Serving a tonic router on a port ([`serve`]), plain or TLS. Accepting TLS connections: TCP accept, then the handshake with the port's
 //! configuration of the moment (so a rotated certificate serves the next connection).
 //!
 //! Handshakes run in tasks of their own, bounded in number and time, so that one slow or silent
@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::{debug, warn};
 
 use super::log_once::LogOnce;
 use super::port::PortTls;
+use crate::shutdown::Shutdown;
 
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +31,7 @@ const MAX_HANDSHAKES: usize = 128;
 
 /// The stream of established TLS connections on `listener`, for `serve_with_incoming`. It ends
 /// when the server drops it (the accept task notices and stops).
-pub fn incoming(
+pub(crate) fn incoming(
     listener: TcpListener,
     tls: Arc<PortTls>,
     log: Arc<LogOnce>,
@@ -61,6 +64,11 @@ pub fn incoming(
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
+                    // Closed before a word of TLS: a TCP probe (kubelet liveness) or a port
+                    // scan, not a misconfigured peer.
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        debug!(port = tls.port, %remote, "connection closed before the TLS handshake");
+                    }
                     Ok(Err(e)) => {
                         let reason =
                             raftkv_proto::tls::explain(&e).unwrap_or_else(|| e.to_string());
@@ -75,4 +83,38 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Serves `router` on `listener` until `shutdown`, through TLS when `port_tls` is given. `name`
+/// (`client`, `peer`, `health`) is for the log.
+pub(crate) fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    port_tls: Option<Arc<PortTls>>,
+    log: Arc<LogOnce>,
+    shutdown: Shutdown,
+    name: &'static str,
+) -> JoinHandle<()> {
+    crate::task::spawn(async move {
+        // `shutdown` is held until the server has drained; a clone tells it to begin.
+        let mut signal = shutdown.clone();
+        let stop = async move { signal.recv().await };
+        let served = match port_tls {
+            Some(port_tls) => {
+                let incoming = incoming(listener, port_tls, log);
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            None => {
+                // The server was handed a bound listener, so its own `tcp_nodelay` does not
+                // apply: set it on each accepted socket (see `raftkv_proto::http2`), as the TLS
+                // acceptor above does.
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+        };
+        if let Err(e) = served {
+            warn!(port = name, error = %e, "server stopped with an error");
+        }
+        drop(shutdown);
+    })
 }

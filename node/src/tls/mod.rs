@@ -7,18 +7,20 @@
 //!   ([`cert_covers_host`] against the sender's advertised peer host): a CA is not enough, a
 //!   member may speak only as itself.
 //! - Client port (`--client-cert/--client-key`, optional `--client-ca`): TLS, and with a CA,
-//!   clients without a certificate from it are refused in the handshake.
+//!   clients without a certificate from it are refused (per request, so that the client learns
+//!   why: see `client_auth`).
 //! - Rotation: the files are polled ([`RELOAD_INTERVAL`]) and compared by content, not watched
 //!   with inotify (Kubernetes renews a mounted Secret by swapping a symlinked directory, which
 //!   inotify on the file never sees). A change rebuilds the port's configuration; new connections
 //!   use it. Each rotation is logged, and each port's certificate expiry is the metric
 //!   `raftkv_tls_certificate_expiry_timestamp_seconds{port}`.
 //!
-//! Modules: `port` (files to configurations, and reloading), `accept` (the TLS accept loop for a
-//! tonic server), `names` (a certificate against a member's host), `expiry` (`notAfter` from the
+//! Modules: `port` (files to configurations, and reloading), `accept` (serving a tonic router,
+//! and the TLS accept loop), `client_auth` (client certificates on the client port), `names` (a certificate against a member's host), `expiry` (`notAfter` from the
 //! DER), `log_once` (one log line per peer and reason).
 
 mod accept;
+mod client_auth;
 mod expiry;
 mod log_once;
 mod names;
@@ -31,7 +33,7 @@ use raftkv_proto::tls::{Connector, TlsError};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use accept::incoming;
+pub(crate) use accept::serve;
 pub use log_once::LogOnce;
 pub use names::{cert_covers_host, host_of};
 pub use port::{PortTls, TlsFiles};
@@ -73,11 +75,11 @@ impl NodeTls {
                         .into(),
                 ));
             }
-            Some(files) => Some(Arc::new(PortTls::load("peer", files.clone())?)),
+            Some(files) => Some(Arc::new(PortTls::load("peer", files.clone(), false)?)),
             None => None,
         };
         let client = match &opts.client {
-            Some(files) => Some(Arc::new(PortTls::load("client", files.clone())?)),
+            Some(files) => Some(Arc::new(PortTls::load("client", files.clone(), true)?)),
             None => None,
         };
         let tls = Self {
@@ -104,6 +106,24 @@ impl NodeTls {
         })))
     }
 
+    /// The request check of the client port: with a client CA, a request without a certificate
+    /// from it is refused (UNAUTHENTICATED, saying why); otherwise everything passes.
+    pub(crate) fn client_auth(
+        &self,
+    ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
+    + Clone
+    + Send
+    + Sync
+    + 'static {
+        let (port, log) = (self.client.clone(), self.log.clone());
+        move |request| {
+            if let Some(port) = &port {
+                client_auth::authorize(port, &log, &request)?;
+            }
+            Ok(request)
+        }
+    }
+
     /// Polls the files of every TLS port until `shutdown`; `None` when no port has TLS.
     pub(crate) fn spawn_reloader(
         &self,
@@ -122,8 +142,13 @@ impl NodeTls {
                     _ = shutdown.recv() => return,
                 }
                 for (port, last_error) in ports.iter().zip(failing.iter_mut()) {
-                    // Small files; reading them blocks only briefly.
-                    match port.reload() {
+                    // File reads block: off the async workers, like every other disk access.
+                    let reading = port.clone();
+                    let reloaded = tokio::task::spawn_blocking(move || reading.reload()).await;
+                    let Ok(reloaded) = reloaded else {
+                        continue;
+                    };
+                    match reloaded {
                         Ok(Some(loaded)) => {
                             *last_error = None;
                             report(port, &loaded, &metrics, "TLS certificate rotated");

@@ -15,7 +15,9 @@ use raftkv_proto::tls::rustls::server::WebPkiClientVerifier;
 use raftkv_proto::tls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use raftkv_proto::tls::{Identity, TlsError, client_config, provider, read_file, roots_from_pem};
 
+use super::client_auth::Deferred;
 use super::expiry::not_after;
+use raftkv_proto::tls::rustls::server::danger::ClientCertVerifier;
 
 /// The files of one port's TLS: certificate and key (PEM), and the CA that client certificates
 /// must chain to (required on the peer port; on the client port, optional client authentication).
@@ -40,6 +42,9 @@ pub struct Loaded {
     pub client: Arc<ClientConfig>,
     /// When the certificate expires (Unix seconds), if its DER could be read.
     pub not_after: Option<i64>,
+    /// With client authentication checked per request (the client port, `client_auth`): the
+    /// verifier of the CA.
+    pub verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 /// One port's TLS, current configuration swapped in place on rotation.
@@ -48,16 +53,23 @@ pub struct PortTls {
     /// `peer` or `client`: the metric label and the name in log lines.
     pub port: &'static str,
     files: TlsFiles,
+    defer_client_auth: bool,
     current: RwLock<Arc<Loaded>>,
 }
 
 impl PortTls {
-    /// Reads the files and builds the configurations.
-    pub fn load(port: &'static str, files: TlsFiles) -> Result<Self, TlsError> {
-        let loaded = build(&files, read_all(&files)?)?;
+    /// Reads the files and builds the configurations. `defer_client_auth`: the handshake takes
+    /// any client certificate (or none) and requests are checked instead (`client_auth`).
+    pub fn load(
+        port: &'static str,
+        files: TlsFiles,
+        defer_client_auth: bool,
+    ) -> Result<Self, TlsError> {
+        let loaded = build(&files, defer_client_auth, read_all(&files)?)?;
         Ok(Self {
             port,
             files,
+            defer_client_auth,
             current: RwLock::new(Arc::new(loaded)),
         })
     }
@@ -76,7 +88,7 @@ impl PortTls {
         if self.current().contents == contents {
             return Ok(None);
         }
-        let loaded = Arc::new(build(&self.files, contents)?);
+        let loaded = Arc::new(build(&self.files, self.defer_client_auth, contents)?);
         *self
             .current
             .write()
@@ -102,7 +114,11 @@ fn config_error(e: impl std::fmt::Display) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
-fn build(files: &TlsFiles, contents: Vec<Vec<u8>>) -> Result<Loaded, TlsError> {
+fn build(
+    files: &TlsFiles,
+    defer_client_auth: bool,
+    contents: Vec<Vec<u8>>,
+) -> Result<Loaded, TlsError> {
     let identity = Identity::from_pem(&files.cert, &contents[0], &files.key, &contents[1])?;
     let roots = match (&files.ca, contents.get(2)) {
         (Some(path), Some(pem)) => Some(roots_from_pem(path, pem)?),
@@ -116,13 +132,21 @@ fn build(files: &TlsFiles, contents: Vec<Vec<u8>>) -> Result<Loaded, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(config_error)?;
-    let builder = match roots {
-        Some(roots) => builder.with_client_cert_verifier(
+    let verifier = match roots {
+        Some(roots) => Some(
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
                 .map_err(config_error)?,
         ),
-        None => builder.with_no_client_auth(),
+        None => None,
+    };
+    let (builder, verifier) = match verifier {
+        Some(v) if defer_client_auth => (
+            builder.with_client_cert_verifier(Arc::new(Deferred(v.clone()))),
+            Some(v),
+        ),
+        Some(v) => (builder.with_client_cert_verifier(v), None),
+        None => (builder.with_no_client_auth(), None),
     };
     let (certs, key) = identity.into_parts();
     let mut server = builder.with_single_cert(certs, key).map_err(config_error)?;
@@ -133,5 +157,6 @@ fn build(files: &TlsFiles, contents: Vec<Vec<u8>>) -> Result<Loaded, TlsError> {
         server: Arc::new(server),
         client,
         not_after: expiry,
+        verifier,
     })
 }

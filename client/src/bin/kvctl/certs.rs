@@ -104,42 +104,69 @@ fn issue(
     Ok((crt, key))
 }
 
-/// Runs `kvctl certs`.
-pub fn run(args: CertsArgs, out: &Output) -> Result<Exit, Failure> {
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", args.dir.display())))?;
-    let nodes = if args.nodes.is_empty() {
-        (1..=3)
-            .map(|id| (id, vec!["127.0.0.1".to_owned(), "localhost".to_owned()]))
-            .collect()
-    } else {
-        args.nodes
-    };
-    let (issuer, new_ca) = ca(&args.dir, args.days)?;
+/// What [`generate`] wrote.
+pub struct Generated {
+    /// Whether the CA is new (or was reused from the directory).
+    pub new_ca: bool,
+    /// The node certificates, in the order asked for.
+    pub nodes: Vec<PathBuf>,
+    /// The client certificate and key.
+    pub client: (PathBuf, PathBuf),
+}
+
+/// Hosts of a node on this machine: what `kvctl local up` and a bare `kvctl certs` use.
+pub fn localhost() -> Vec<String> {
+    vec!["127.0.0.1".to_owned(), "localhost".to_owned()]
+}
+
+/// Writes (or reuses) the CA in `dir`, a certificate per node for its hosts, and a client one.
+pub fn generate(dir: &Path, nodes: &[(u64, Vec<String>)], days: u32) -> Result<Generated, Failure> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", dir.display())))?;
+    let (issuer, new_ca) = ca(dir, days)?;
     let both = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     let mut written = Vec::new();
-    for (id, hosts) in &nodes {
+    for (id, hosts) in nodes {
         let (crt, _) = issue(
             &issuer,
             &format!("raftkv node {id}"),
             hosts.clone(),
             both.clone(),
-            args.days,
-            &args.dir.join(format!("node-{id}")),
+            days,
+            &dir.join(format!("node-{id}")),
         )?;
         written.push(crt);
     }
-    let (client_crt, client_key) = issue(
+    let client = issue(
         &issuer,
         "raftkv client",
         Vec::new(),
         vec![ExtendedKeyUsagePurpose::ClientAuth],
-        args.days,
-        &args.dir.join("client"),
+        days,
+        &dir.join("client"),
     )?;
+    Ok(Generated {
+        new_ca,
+        nodes: written,
+        client,
+    })
+}
+
+/// Runs `kvctl certs`.
+pub fn run(args: CertsArgs, out: &Output) -> Result<Exit, Failure> {
+    let nodes = if args.nodes.is_empty() {
+        (1..=3).map(|id| (id, localhost())).collect()
+    } else {
+        args.nodes
+    };
+    let Generated {
+        new_ca,
+        nodes: written,
+        client: (client_crt, client_key),
+    } = generate(&args.dir, &nodes, args.days)?;
     let ca = args.dir.join("ca.crt");
     let d = args.dir.display();
     out.result(

@@ -219,6 +219,10 @@ pub struct LocalUpArgs {
     /// How long the nodes get to stop after SIGTERM before they are killed.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
+    /// TLS on both ports, client certificates required: certificates are made in
+    /// `<data-dir>/certs` (as `kvctl certs` makes them) on the first start and reused after.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Flags of `kvctl bench`.
