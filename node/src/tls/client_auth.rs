@@ -5,70 +5,15 @@
 //! that the client's HTTP/2 layer often reports only as "connection closed". A person running
 //! `kvctl` without `--cert` would see a timeout instead of the reason. So the handshake accepts
 //! any certificate, or none, after proving that the client holds the certificate's key; then
-//! every request on the port is checked ([`authorize`]) against the CA, with the same rustls
+//! every request on the port is checked ([`authorize`]; the handshake half is `deferred`) against the CA, with the same rustls
 //! verifier a handshake would use, and a refusal is a gRPC UNAUTHENTICATED whose message says
 //! what is wrong (no certificate, unknown CA, expired), which every client shows.
 
-use std::sync::Arc;
-
-use raftkv_proto::tls::rustls;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use raftkv_proto::tls::rustls::pki_types::UnixTime;
 use tonic::{Request, Status};
 
 use super::log_once::LogOnce;
 use super::port::PortTls;
-
-/// The handshake half: asks for a certificate, checks the client's signature with it (possession
-/// of the key), and leaves the chain to [`authorize`].
-#[derive(Debug)]
-pub struct Deferred(pub Arc<dyn ClientCertVerifier>);
-
-impl ClientCertVerifier for Deferred {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
 
 /// The request half: a request on a port with a client CA must come with a certificate that
 /// chains to it (checked by the port's current verifier, so a rotated CA applies at once).

@@ -16,11 +16,13 @@
 //!   `raftkv_tls_certificate_expiry_timestamp_seconds{port}`.
 //!
 //! Modules: `port` (files to configurations, and reloading), `accept` (serving a tonic router,
-//! and the TLS accept loop), `client_auth` (client certificates on the client port), `names` (a certificate against a member's host), `expiry` (`notAfter` from the
+//! and the TLS accept loop), `client_auth` (client certificates on the client port, per request), `deferred` (their
+//! handshake half), `names` (a certificate against a member's host), `expiry` (`notAfter` from the
 //! DER), `log_once` (one log line per peer and reason).
 
 mod accept;
 mod client_auth;
+mod deferred;
 mod expiry;
 mod log_once;
 mod names;

@@ -15,7 +15,7 @@ use raftkv_proto::tls::rustls::server::WebPkiClientVerifier;
 use raftkv_proto::tls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use raftkv_proto::tls::{Identity, TlsError, client_config, provider, read_file, roots_from_pem};
 
-use super::client_auth::Deferred;
+use super::deferred::Deferred;
 use super::expiry::not_after;
 use raftkv_proto::tls::rustls::server::danger::ClientCertVerifier;
 
