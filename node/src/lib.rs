@@ -23,9 +23,12 @@
 //!   `/metrics` endpoint (hyper's HTTP/1 server) on the metrics port;
 //! - `bootstrap`: the identity file, and bootstrap or join (with the catch-up barrier) for a node
 //!   with an empty data directory;
+//! - [`tls`]: TLS on both ports (mutual TLS between peers, bound to member identities), with
+//!   certificates re-read when they are rotated;
 //! - [`node`]: servers, start and stop;
 //! - `task`: spawning tasks inside the node's tracing span; `sync`: the one lock helper;
 //! - `shutdown`: the signal that stops the node's tasks, and knowing that they all stopped;
+//! - `health`: the gRPC health service (readiness) and the optional plain health port;
 //! - [`handle`], [`error`]: how callers talk to a running node and what can go wrong;
 //! - `planted` (feature `planted-bugs`): the deliberate bugs the fault-injection tests must catch.
 //!
@@ -41,6 +44,7 @@ mod driver;
 pub mod entry;
 pub mod error;
 pub mod handle;
+mod health;
 pub mod kv;
 pub mod members;
 pub mod metrics;
@@ -51,6 +55,7 @@ mod shutdown;
 pub mod storage;
 mod sync;
 mod task;
+pub mod tls;
 pub mod transport;
 
 pub use bootstrap::derive_cluster_id;

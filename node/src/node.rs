@@ -2,7 +2,8 @@
 //!
 //! Ports. The client port serves `Kv`, `Cluster` and the gRPC health service; the peer port serves
 //! `Raft`, `Cluster` (so that peers can ask "which cluster is this?" and members can publish their
-//! addresses) and health. Separate ports let a NetworkPolicy fence the peer port.
+//! addresses) and health. Separate ports let a NetworkPolicy fence the peer port. Either may use
+//! TLS (module `tls`); the optional health port (`listen_health`) is always plain, for probes.
 //!
 //! Start-up order. Storage is opened (the WAL read back) and the identity file read before the
 //! ports open; from the moment they accept a connection, `Cluster.Status` tells the truth about
@@ -18,13 +19,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use raftkv_proto::MAX_GRPC_MESSAGE_BYTES;
+use raftkv_proto::http2::tune_server;
 use raftkv_proto::v1 as pb;
 use raftkv_raft::{Config, InitialState, NodeId, RawNode};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::api::{ClusterService, KvService};
@@ -40,7 +42,10 @@ use crate::members::{MemberAddrs, MemberBook, learn_from_log};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, ShutdownSignal};
 use crate::storage::{DiskOptions, DiskStorage, LogStorage, StorageThread};
-use crate::transport::{PeerGuards, RaftService, Transport, TransportConfig};
+use crate::tls::{NodeTls, TlsOptions};
+use crate::transport::{
+    PeerDirectory, PeerGuards, PeerTls, RaftService, Transport, TransportConfig,
+};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -67,6 +72,10 @@ pub struct NodeConfig {
     pub seed: Option<u64>,
     /// Where to serve Prometheus `/metrics`; `None` = not served.
     pub listen_metrics: Option<SocketAddr>,
+    /// Where to serve only the gRPC health service, plain TCP (probes); `None` = not served.
+    pub listen_health: Option<SocketAddr>,
+    /// TLS on the peer and client ports; the default is plain TCP on both.
+    pub tls: TlsOptions,
 }
 
 /// Why a node could not start.
@@ -89,6 +98,9 @@ pub enum StartError {
     /// A listener could not be set up.
     #[error("{0}")]
     Listen(String),
+    /// A TLS file is missing or unusable (e.g. a key that does not match its certificate).
+    #[error("TLS: {0}")]
+    Tls(#[from] raftkv_proto::tls::TlsError),
 }
 
 /// A node that is running. Dropping it does not stop it; call [`RunningNode::stop`].
@@ -269,8 +281,15 @@ async fn start_in_span(
     handle.set_status_before_start(before_start);
     let metrics = Metrics::new();
     let guards = PeerGuards::default();
+    let tls = NodeTls::load(&cfg.tls, &metrics)?;
+    let peer_tls = tls.peer_connector().map(|connector| PeerTls {
+        connector,
+        directory: PeerDirectory::default(),
+    });
     let spawned = spawn_servers(
         &cfg,
+        &tls,
+        peer_tls.as_ref().map(|t| t.directory.clone()),
         &handle,
         &metrics,
         &guards,
@@ -316,9 +335,14 @@ async fn start_in_span(
             identity
         }
         None => {
-            let (identity, state) = bootstrap_or_join(&cfg, &mut storage, &handle)
-                .await
-                .map_err(stop_servers)?;
+            let (identity, state) = bootstrap_or_join(
+                &cfg,
+                &mut storage,
+                &handle,
+                peer_tls.as_ref().map(|t| t.connector.clone()),
+            )
+            .await
+            .map_err(stop_servers)?;
             if let Some(state) = state {
                 recovered = state;
             }
@@ -399,6 +423,7 @@ async fn start_in_span(
         cluster_id.clone(),
         TransportConfig {
             lease_guard: cfg.driver.lease_guard(),
+            tls: peer_tls,
             ..cfg.transport.clone()
         },
         in_tx.clone(),
@@ -454,6 +479,8 @@ async fn start_in_span(
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
 async fn spawn_servers(
     cfg: &NodeConfig,
+    tls: &NodeTls,
+    peer_directory: Option<PeerDirectory>,
     handle: &NodeHandle,
     metrics: &Arc<Metrics>,
     guards: &PeerGuards,
@@ -478,28 +505,23 @@ async fn spawn_servers(
         None => None,
     };
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let mut health_obs = obs_rx;
-    let mut health_stop = shutdown.subscribe();
-    servers.push(crate::task::spawn(async move {
-        loop {
-            let ready = {
-                let o = health_obs.borrow();
-                o.member && o.leader_id != 0
-            };
-            // The overall ("") service is readiness: a member that knows a leader.
-            let status = if ready {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            health_reporter.set_service_status("", status).await;
-            tokio::select! {
-                r = health_obs.changed() => if r.is_err() { break },
-                _ = health_stop.recv() => break,
-            }
-        }
-    }));
+    servers.extend(tls.spawn_reloader(metrics.clone(), shutdown.subscribe()));
+    let (health_service, health_task) = crate::health::readiness(obs_rx, shutdown.subscribe());
+    servers.push(health_task);
+    if let Some(addr) = cfg.listen_health {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Listen(format!("health port {addr}: {e}")))?;
+        let router = Server::builder().add_service(health_service.clone());
+        servers.push(serve(
+            router,
+            listener,
+            None,
+            tls,
+            shutdown.subscribe(),
+            "health",
+        ));
+    }
 
     let kv_service =
         pb::kv_server::KvServer::new(KvService::new(handle.clone()).with_metrics(metrics.clone()))
@@ -508,48 +530,66 @@ async fn spawn_servers(
     let cluster_service = pb::cluster_server::ClusterServer::new(
         ClusterService::new(handle.clone()).with_metrics(metrics.clone()),
     );
-    let raft_service = pb::raft_server::RaftServer::new(RaftService::new(
-        cfg.id,
-        started,
-        in_tx,
-        snapshots,
-        guards.clone(),
-    ))
-    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let mut raft_service = RaftService::new(cfg.id, started, in_tx, snapshots, guards.clone());
+    if let Some(directory) = peer_directory {
+        raft_service = raft_service.with_peer_auth(directory, tls.log.clone());
+    }
+    let raft_service = pb::raft_server::RaftServer::new(raft_service)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     servers.push(serve(
-        Server::builder()
+        tune_server(Server::builder())
             .add_service(kv_service)
             .add_service(cluster_service.clone())
             .add_service(health_service.clone()),
         client_listener,
+        tls.client.clone(),
+        tls,
         shutdown.subscribe(),
         "client",
     ));
     servers.push(serve(
-        Server::builder()
+        tune_server(Server::builder())
             .add_service(raft_service)
             .add_service(cluster_service)
             .add_service(health_service),
         peer_listener,
+        tls.peer.clone(),
+        tls,
         shutdown.subscribe(),
         "peer",
     ));
     Ok((servers, metrics_addr))
 }
 
+/// Serves `router` on `listener`, through TLS when `port_tls` is given.
 fn serve(
     router: tonic::transport::server::Router,
     listener: TcpListener,
+    port_tls: Option<Arc<crate::tls::PortTls>>,
+    tls: &NodeTls,
     shutdown: Shutdown,
     name: &'static str,
 ) -> JoinHandle<()> {
+    let log = tls.log.clone();
     crate::task::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
         // `shutdown` is held until the server has drained; a clone tells it to begin.
         let mut signal = shutdown.clone();
         let stop = async move { signal.recv().await };
-        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+        let served = match port_tls {
+            Some(port_tls) => {
+                let incoming = crate::tls::incoming(listener, port_tls, log);
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            None => {
+                // The server was handed a bound listener, so its own `tcp_nodelay` does not
+                // apply: set it on each accepted socket (see `raftkv_proto::http2`; the TLS
+                // acceptor does the same).
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+        };
+        if let Err(e) = served {
             warn!(port = name, error = %e, "server stopped with an error");
         }
         drop(shutdown);

@@ -13,8 +13,13 @@
 //!   into its `Error::InvalidArgument` and the server into an INVALID_ARGUMENT status, so both
 //!   refuse the same input with the same words.
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC reflection.
+//! - [`http2`]: TCP_NODELAY and HTTP/2 windows, applied by every channel and server alike.
+//! - `tls` (feature `tls`): PEM identities and CA bundles, the rustls client configuration and the
+//!   tonic connector that the client library and the node's peer dialing share.
 //!
 //! Byte fields are `bytes::Bytes` (re-exported by prost as [`prost::bytes`]).
+
+pub mod http2;
 
 /// Package `raftkv.v1`: every message, enum, client and server of the three services.
 #[allow(missing_docs)] // tonic's generated client/server plumbing has items without docs.
@@ -103,6 +108,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("raft
 
 pub use prost;
 pub use tonic;
+
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use raftkv_node::discovery::{Discovery, DiscoveryError};
+use raftkv_node::tls::{TlsFiles, TlsOptions};
 use raftkv_node::transport::TransportConfig;
 use raftkv_node::{DriverConfig, NodeConfig};
 use tracing::{error, info, warn};
@@ -113,6 +114,36 @@ struct Args {
     #[cfg(feature = "planted-bugs")]
     #[arg(long, hide = true, value_parser = parse_duration)]
     test_slow_start: Option<Duration>,
+
+    /// Address to serve only the gRPC health service on, always plain TCP: for the kubelet's
+    /// gRPC probes, which cannot speak TLS, when the client port has TLS. Not served when unset.
+    #[arg(long)]
+    listen_health: Option<SocketAddr>,
+
+    /// Mutual TLS on the peer port: this node's certificate (PEM), presented to peers both when
+    /// serving and when dialing. It must be valid for the host of --advertise-peer.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_key", "peer_ca"])]
+    peer_cert: Option<PathBuf>,
+
+    /// The private key of --peer-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "peer_cert")]
+    peer_key: Option<PathBuf>,
+
+    /// The CA (PEM) that peers' certificates must chain to.
+    #[arg(long, value_name = "FILE", requires = "peer_cert")]
+    peer_ca: Option<PathBuf>,
+
+    /// TLS on the client port: this node's certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+
+    /// The private key of --client-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+
+    /// Require client certificates that chain to this CA (PEM) on the client port.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_ca: Option<PathBuf>,
 
     /// Log filter (tracing EnvFilter syntax), e.g. info or raftkv_node=debug.
     #[arg(long, default_value = "info")]
@@ -315,6 +346,19 @@ async fn run(args: Args) -> ExitCode {
         },
         seed: None,
         listen_metrics: args.listen_metrics,
+        listen_health: args.listen_health,
+        tls: TlsOptions {
+            peer: args.peer_cert.map(|cert| TlsFiles {
+                cert,
+                key: args.peer_key.unwrap_or_default(),
+                ca: args.peer_ca,
+            }),
+            client: args.client_cert.map(|cert| TlsFiles {
+                cert,
+                key: args.client_key.unwrap_or_default(),
+                ca: args.client_ca,
+            }),
+        },
     };
     let mut node = match raftkv_node::start(cfg, args.listen_client, args.listen_peer).await {
         Ok(n) => n,

@@ -2,9 +2,11 @@
 //!
 //! - [`wire`]: core `Message` <-> protobuf, with validation of everything inbound;
 //! - `peer`: one sender task per peer with one reused tonic `Channel` (connect timeout, HTTP/2
-//!   keepalive) and a bounded queue, so a slow or dead peer never blocks the others;
-//! - `server`: the `Raft` service that checks cluster id and recipient and hands messages to the
-//!   driver; it also receives snapshot streams and stages them on disk;
+//!   keepalive, TLS when configured) and a bounded queue, so a slow or dead peer never blocks the
+//!   others;
+//! - `server`: the `Raft` service that checks cluster id, recipient and (with peer TLS) that the
+//!   sender is who its certificate says, and hands messages to the driver; it also receives
+//!   snapshot streams and stages them on disk;
 //! - `types`: what the driver, the sender tasks and the service share (the inbound queue's
 //!   items, the configuration, the peers' lease guards), kept apart so that no child imports
 //!   from this module.
@@ -19,4 +21,4 @@ pub mod wire;
 
 pub use peer::Transport;
 pub use server::RaftService;
-pub use types::{Inbound, PeerGuards, TransportConfig};
+pub use types::{Inbound, PeerDirectory, PeerGuards, PeerTls, TransportConfig};

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use raftkv_proto::MAX_GRPC_MESSAGE_BYTES;
+use raftkv_proto::http2::tune_endpoint;
 use raftkv_proto::v1 as pb;
 use raftkv_proto::v1::raft_client::RaftClient;
 use raftkv_raft::{Message, NodeId, SnapshotMeta};
@@ -84,6 +85,9 @@ impl Transport {
         if self.peers.get(&id).is_some_and(|p| p.addr == addr) {
             return;
         }
+        if let Some(tls) = &self.shared.cfg.tls {
+            tls.directory.set(id, addr);
+        }
         let (tx, rx) = mpsc::channel(self.shared.cfg.queue_len);
         let task = crate::task::spawn(peer_task(id, addr.to_string(), rx, self.shared.clone()));
         self.peers.insert(
@@ -99,6 +103,9 @@ impl Transport {
     /// Forgets a peer and stops its task.
     pub fn remove_peer(&mut self, id: NodeId) {
         self.peers.remove(&id);
+        if let Some(tls) = &self.shared.cfg.tls {
+            tls.directory.remove(id);
+        }
     }
 
     /// Queues `m` for its recipient; never waits.
@@ -158,13 +165,36 @@ fn message_size(m: &Message) -> u64 {
 
 fn endpoint(addr: &str, cfg: &TransportConfig) -> Result<Endpoint, tonic::transport::Error> {
     // The name is resolved again on every (re)connect, so a pod that comes back with a new IP is
-    // found again under its stable DNS name.
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    // found again under its stable DNS name. With TLS the scheme stays `http`: the TLS is the
+    // connector's (see `channel`), and tonic refuses `https` without a TLS of its own.
+    let endpoint = tune_endpoint(Endpoint::from_shared(format!("http://{addr}"))?);
+    Ok(endpoint
         .connect_timeout(cfg.connect_timeout)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(cfg.keepalive_interval)
         .keep_alive_timeout(cfg.rpc_timeout)
         .keep_alive_while_idle(true))
+}
+
+/// A lazily connected channel to `addr`: plain, or through the TLS connector, which takes the
+/// certificate of the moment for each new connection.
+fn channel(addr: &str, cfg: &TransportConfig) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = endpoint(addr, cfg)?;
+    Ok(match &cfg.tls {
+        Some(tls) => endpoint.connect_with_connector_lazy(tls.connector.clone()),
+        None => endpoint.connect_lazy(),
+    })
+}
+
+/// Logs a failed send at debug level, unless it is a TLS failure: that is logged once per peer
+/// and reason as a warning, because it will not heal by retrying (wrong CA, expired, wrong name).
+fn log_send_failure(id: NodeId, addr: &str, status: &tonic::Status, log: &crate::tls::LogOnce) {
+    match raftkv_proto::tls::explain(status) {
+        Some(reason) if log.should_log(&format!("node {id}"), &reason) => {
+            warn!(peer = id, %addr, %reason, "TLS connection to peer refused");
+        }
+        Some(_) => {}
+        None => debug!(peer = id, %addr, error = %status, "send failed"),
+    }
 }
 
 async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, shared: Shared) {
@@ -175,8 +205,8 @@ async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, sh
         snapshots,
         metrics,
     } = shared;
-    let channel = match endpoint(&addr, &cfg) {
-        Ok(e) => e.connect_lazy(),
+    let channel = match channel(&addr, &cfg) {
+        Ok(c) => c,
         Err(e) => {
             warn!(peer = id, %addr, error = %e, "invalid peer address");
             // Drain forever so the driver sees the peer as unreachable, not as a full queue.
@@ -190,6 +220,7 @@ async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, sh
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let mut snapshot_task: Option<JoinHandle<()>> = None;
+    let tls_log = crate::tls::LogOnce::default();
     // Unary calls get a deadline each; snapshot streams have none (they may be long) and rely on
     // HTTP/2 keepalive to notice a dead peer.
     let deadline = cfg.rpc_timeout;
@@ -221,7 +252,7 @@ async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, sh
             }
         };
         if let Err(status) = result {
-            debug!(peer = id, %addr, error = %status, "send failed");
+            log_send_failure(id, &addr, &status, &tls_log);
             metrics.peer_failed(id);
             let _ = feedback.try_send(Inbound::Unreachable(id));
             // Whatever is queued was meant for a peer we cannot reach now; the core resends what

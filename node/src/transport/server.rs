@@ -4,6 +4,13 @@
 //! (addresses are reused when pods move, and a message meant for another node or cluster must
 //! never reach the core), and it decodes into a valid core message. A full queue answers
 //! RESOURCE_EXHAUSTED: the message is dropped, which Raft tolerates.
+//!
+//! With peer TLS, the sender is also authenticated: the handshake proved the certificate chains
+//! to the peer CA, and here the certificate must be valid for the host of the peer address the
+//! claimed sender (`from`) advertises (the membership, as the transport knows it). Otherwise
+//! PERMISSION_DENIED, logged once per claimed sender and reason. Checking the cluster id stops
+//! mistakes; this stops a holder of one member's certificate from speaking as another. Without
+//! peer TLS the port is unprotected (README, "Security").
 
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
@@ -14,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::types::{Inbound, PeerGuards};
+use super::types::{Inbound, PeerDirectory, PeerGuards};
 use super::wire::{
     Header, append_from_wire, meta_from_wire, response_from_wire, snapshot_message,
     timeout_now_from_wire, vote_from_wire,
@@ -30,7 +37,12 @@ pub struct RaftService {
     tx: mpsc::Sender<Inbound>,
     snapshots: SnapshotStore,
     guards: PeerGuards,
+    /// With peer TLS: who listens where, to check a sender against its certificate.
+    auth: Option<(PeerDirectory, Arc<crate::tls::LogOnce>)>,
 }
+
+/// The client certificates of the connection a request came on (peer TLS only).
+type PeerCerts = Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>;
 
 impl RaftService {
     /// Admits messages for node `id` of `cluster_id` (once set) into `tx`.
@@ -47,7 +59,51 @@ impl RaftService {
             tx,
             snapshots,
             guards,
+            auth: None,
         }
+    }
+
+    /// Requires every message's sender to be the member its connection's certificate names
+    /// (peer TLS). `log` limits the refusals logged to one per sender and reason.
+    pub fn with_peer_auth(
+        mut self,
+        directory: PeerDirectory,
+        log: Arc<crate::tls::LogOnce>,
+    ) -> Self {
+        self.auth = Some((directory, log));
+        self
+    }
+
+    /// With peer TLS, that the certificate `certs` came with is valid for member `from`'s
+    /// advertised peer host.
+    fn authenticate(&self, certs: &PeerCerts, from: NodeId) -> Result<(), Status> {
+        let Some((directory, log)) = &self.auth else {
+            return Ok(());
+        };
+        let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+            return Err(Status::unauthenticated("peer TLS: no client certificate"));
+        };
+        let Some(addr) = directory.get(from) else {
+            let reason = "not a known member";
+            if log.should_log(&format!("node {from}"), reason) {
+                tracing::warn!(
+                    peer = from,
+                    "refused a Raft message: the sender is {reason}"
+                );
+            }
+            return Err(Status::permission_denied(format!(
+                "node {from} is {reason}"
+            )));
+        };
+        let host = crate::tls::host_of(&addr);
+        crate::tls::cert_covers_host(leaf, host).map_err(|reason| {
+            if log.should_log(&format!("node {from}"), &reason) {
+                tracing::warn!(peer = from, %host, %reason, "refused a Raft message: the certificate does not belong to the member it claims to be");
+            }
+            Status::permission_denied(format!(
+                "the client certificate is not that of node {from} ({host}): {reason}"
+            ))
+        })
     }
 
     fn check(&self, h: &Header) -> Result<(), Status> {
@@ -75,8 +131,14 @@ impl RaftService {
         Ok(())
     }
 
-    fn admit(&self, h: Header, inbound: Inbound) -> Result<Response<pb::RaftAck>, Status> {
+    fn admit(
+        &self,
+        certs: &PeerCerts,
+        h: Header,
+        inbound: Inbound,
+    ) -> Result<Response<pb::RaftAck>, Status> {
         self.check(&h)?;
+        self.authenticate(certs, h.from)?;
         self.tx.try_send(inbound).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 Status::resource_exhausted("the node's raft inbox is full")
@@ -97,44 +159,50 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
+        let certs = req.peer_certs();
         let (h, m) = append_from_wire(req.into_inner()).map_err(invalid)?;
-        self.admit(h, Inbound::Message(m))
+        self.admit(&certs, h, Inbound::Message(m))
     }
 
     async fn request_vote(
         &self,
         req: Request<pb::RequestVoteRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
+        let certs = req.peer_certs();
         let (h, m) = vote_from_wire(req.into_inner());
-        self.admit(h, Inbound::Message(m))
+        self.admit(&certs, h, Inbound::Message(m))
     }
 
     async fn timeout_now(
         &self,
         req: Request<pb::TimeoutNowRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
+        let certs = req.peer_certs();
         let (h, m) = timeout_now_from_wire(req.into_inner());
-        self.admit(h, Inbound::Message(m))
+        self.admit(&certs, h, Inbound::Message(m))
     }
 
     async fn respond(
         &self,
         req: Request<pb::RaftResponse>,
     ) -> Result<Response<pb::RaftAck>, Status> {
+        let certs = req.peer_certs();
         let req = req.into_inner();
         let guard_ms = req.lease_guard_ms;
         let (h, m) = response_from_wire(req).map_err(invalid)?;
         self.check(&h)?;
+        self.authenticate(&certs, h.from)?;
         // Recorded before the message reaches the driver: an acknowledgement that extends a
         // lease is always timed with its sender's current guard.
         self.guards.record(h.from, guard_ms);
-        self.admit(h, Inbound::Message(m))
+        self.admit(&certs, h, Inbound::Message(m))
     }
 
     async fn install_snapshot(
         &self,
         req: Request<Streaming<pb::InstallSnapshotRequest>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
+        let certs = req.peer_certs();
         let mut stream = req.into_inner();
         let first = stream
             .next()
@@ -147,6 +215,8 @@ impl pb::raft_server::Raft for RaftService {
             term: first.term,
         };
         self.check(&header)?;
+        // Before a byte is staged: a forged snapshot must not even reach the disk.
+        self.authenticate(&certs, header.from)?;
         let meta = meta_from_wire(
             first
                 .meta
@@ -190,6 +260,6 @@ impl pb::raft_server::Raft for RaftService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(format!("cannot seal snapshot: {e}")))?;
         let msg = snapshot_message(&header, meta);
-        self.admit(header, Inbound::Snapshot { msg, data: staged })
+        self.admit(&certs, header, Inbound::Snapshot { msg, data: staged })
     }
 }

@@ -34,6 +34,27 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Use TLS, trusting this CA certificate (PEM) for the nodes' client port certificates.
+    #[arg(long, global = true, value_name = "FILE", env = "RAFTKV_CACERT")]
+    pub cacert: Option<PathBuf>,
+
+    /// Client certificate (PEM) for nodes that require one (kvnode --client-ca).
+    #[arg(long = "cert", id = "tls_cert", global = true, value_name = "FILE", env = "RAFTKV_CERT",
+          requires_all = ["tls_key", "cacert"])]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert.
+    // Named apart from the `key` argument of put/get/... (clap ids share one namespace).
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        value_name = "FILE",
+        env = "RAFTKV_KEY",
+        requires = "tls_cert"
+    )]
+    pub key: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -110,6 +131,47 @@ pub enum Command {
     Local(LocalCommand),
     /// Drive concurrent clients and report throughput and latency percentiles.
     Bench(BenchArgs),
+    /// Make a CA and node and client certificates for a local cluster (TLS on both ports).
+    Certs(CertsArgs),
+}
+
+/// Flags of `kvctl certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Where to write the files. A CA already there (ca.crt, ca.key) is reused, so more node
+    /// certificates can be added to a cluster later.
+    #[arg(long, default_value = "./raftkv-certs")]
+    pub dir: PathBuf,
+    /// A node certificate: ID=HOST[,HOST...] (the hosts are its DNS or IP SANs; the first
+    /// should be the host of its --advertise-peer). Repeat for each node. Default: nodes
+    /// 1..=3 for 127.0.0.1 and localhost.
+    #[arg(long = "node", value_name = "ID=HOSTS", value_parser = parse_node_hosts)]
+    pub nodes: Vec<(u64, Vec<String>)>,
+    /// How long the certificates are valid, in days.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub days: u32,
+}
+
+fn parse_node_hosts(s: &str) -> Result<(u64, Vec<String>), String> {
+    let (id, hosts) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=HOST[,HOST...]"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| format!("{id:?} is not a node id (1 or more)"))?;
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if hosts.is_empty() {
+        return Err(format!("node {id}: no host given"));
+    }
+    Ok((id, hosts))
 }
 
 /// `kvctl member ...`
@@ -162,9 +224,16 @@ pub struct LocalUpArgs {
 /// Flags of `kvctl bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Concurrent clients (each with its own session and connections).
+    /// What to benchmark: raftkv, or etcd (same workload; needs kvctl built with `--features etcd`).
+    #[arg(long, value_enum, default_value_t = BenchTarget::Raftkv)]
+    pub target: BenchTarget,
+    /// Concurrent clients, each with one request in flight (a closed loop).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub clients: u32,
+    /// How many connections the clients share, round-robin (0 = one per client). For raftkv a
+    /// connection is one client object: its channels and its exactly-once session.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub connections: u32,
     /// How long to run (ignored when --requests is given).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -186,6 +255,45 @@ pub struct BenchArgs {
     /// Prefix of the benchmark's keys.
     #[arg(long, default_value = "bench/")]
     pub key_prefix: String,
+    /// Which key each request takes: at random, or the next in order (each key once per pass
+    /// over --keys; with --requests equal to --keys and --read-ratio 0 it loads every key once).
+    #[arg(long, value_enum, default_value_t = KeyOrder::Random)]
+    pub key_order: KeyOrder,
+    /// Also draw the latency distribution (percentile spectrum) into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Draw the latency distribution of an earlier run (its `--json` report) on the same plot;
+    /// may be repeated.
+    #[arg(long, value_name = "REPORT.json", requires = "plot")]
+    pub plot_with: Vec<PathBuf>,
+}
+
+impl BenchArgs {
+    /// How many connections the run opens: --connections, at most one per client (0 = one each).
+    pub fn connection_count(&self) -> u32 {
+        match self.connections {
+            0 => self.clients,
+            n => n.min(self.clients),
+        }
+    }
+}
+
+/// `--target` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    /// A raftkv cluster.
+    Raftkv,
+    /// An etcd v3 cluster: LINEARIZABLE reads are linearizable ranges, LEASE and STALE serializable.
+    Etcd,
+}
+
+/// `--key-order` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyOrder {
+    /// Uniformly random keys.
+    Random,
+    /// Keys in order from a shared counter, wrapping after --keys.
+    Sequential,
 }
 
 /// `--consistency` values.
