@@ -42,8 +42,8 @@ use raftkv_proto::v1 as pb;
 use raftkv_raft::{CatchUp, NodeId, PeerLog, RawNode};
 use tracing::info;
 
+use crate::config::{NodeConfig, StartError};
 use crate::handle::{MemberState, NodeHandle, NodeStatus};
-use crate::node::{NodeConfig, StartError};
 use crate::storage::{DiskStorage, LogStorage, RecoveredState};
 
 const IDENTITY_FILE: &str = "cluster_id";

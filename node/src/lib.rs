@@ -25,7 +25,8 @@
 //!   with an empty data directory;
 //! - [`tls`]: TLS on both ports (mutual TLS between peers, bound to member identities), with
 //!   certificates re-read when they are rotated;
-//! - [`node`]: servers, start and stop;
+//! - [`node`]: servers, start and stop; `config`: what a node starts with ([`NodeConfig`]) and
+//!   why it could not start ([`StartError`]), apart so that `node` and `bootstrap` share them;
 //! - `task`: spawning tasks inside the node's tracing span; `sync`: the one lock helper;
 //! - `shutdown`: the signal that stops the node's tasks, and knowing that they all stopped;
 //! - `health`: the gRPC health service (readiness) and the optional plain health port;
@@ -39,6 +40,7 @@
 pub mod api;
 mod bootstrap;
 mod codec;
+mod config;
 pub mod discovery;
 mod driver;
 pub mod entry;
