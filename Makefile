@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is the one CI runs (through .ci/run) and the README shows.
-.PHONY: run build test lint fmt purity fault sim-replay bench-storage bench-etcd bench-scale image container-e2e crd chart e2e-kind
+.PHONY: run build test lint fmt purity fault sim-replay bench-storage bench-etcd bench-scale bench-tls image container-e2e crd chart e2e-kind
 
 CARGO ?= cargo
 
@@ -42,6 +42,10 @@ bench-etcd:
 # docs/benchmarks.md. BENCH_SCALE_KEYS=20000 for a quick try.
 bench-scale:
 	scripts/bench-scale.sh
+
+# Put/s at 128 clients with TLS on both ports vs without, alternating in one run (docs/benchmarks.md).
+bench-tls:
+	scripts/bench-tls.sh
 
 # The fault-injection suite alone, e.g. make fault FAULT_SEEDS=20 FAULT_SECONDS=60
 # (FAULT_SEED=n replays one seed's nemesis schedule; FAULT_KEEP_HISTORY=1 keeps the histories).

@@ -96,14 +96,20 @@ raftkv_endpoints() {
   (IFS=,; echo "${list[*]}")
 }
 
-# Starts raftkv node ID (1..3) with its data in BENCH_DIR/raftkv/node-ID; records its pid.
+# Starts raftkv node ID (1..3) with its data in BENCH_DIR/raftkv/node-ID; records its pid. With
+# RAFTKV_TLS_DIR set (certificates from `kvctl certs --dir`), both ports use TLS.
 raftkv_start_node() {
-  local id=$1 peers="" i
+  local id=$1 peers="" i tls=()
   for i in 1 2 3; do peers+="${peers:+,}$i=127.0.0.1:$((BENCH_PORT_BASE + 100 + i))"; done
   local client="127.0.0.1:$((BENCH_PORT_BASE + id))" peer="127.0.0.1:$((BENCH_PORT_BASE + 100 + id))"
+  if [ -n "${RAFTKV_TLS_DIR:-}" ]; then
+    local d=$RAFTKV_TLS_DIR
+    tls=(--peer-cert "$d/node-$id.crt" --peer-key "$d/node-$id.key" --peer-ca "$d/ca.crt"
+      --client-cert "$d/node-$id.crt" --client-key "$d/node-$id.key")
+  fi
   mkdir -p "$BENCH_DIR/raftkv"
   "$KVNODE" --id "$id" --listen-client "$client" --listen-peer "$peer" --peers "$peers" \
-    --data-dir "$BENCH_DIR/raftkv/node-$id" --initial-cluster-size 3 \
+    --data-dir "$BENCH_DIR/raftkv/node-$id" --initial-cluster-size 3 "${tls[@]}" \
     --initial-cluster-token bench --log warn >>"$BENCH_DIR/raftkv/node-$id.log" 2>&1 &
   RAFTKV_PIDS[id]=$!
   BENCH_PIDS+=("$!")
