@@ -55,7 +55,7 @@ main() {
     echo
     echo "Measured $machine"
     echo
-    echo "Method: a fresh 3-node raftkv (release \`kvnode\`) on 127.0.0.1 per measurement, without"
+    echo "Method: a fresh 3-node raftkv ($BENCH_PROFILE \`kvnode\`) on 127.0.0.1 per measurement, without"
     echo "TLS and with TLS on the peer and client ports (certificates from \`kvctl certs\`, ECDSA"
     echo "P-256), alternating in one run; \`kvctl bench\`, $CLIENTS closed-loop clients on 8"
     echo "connections, puts of 256 B values, ${SECONDS_PER} s each."
