@@ -12,9 +12,18 @@ run:
 build:
 	$(CARGO) build --workspace
 
-# All tests: unit, property, the seeded Raft simulation and the planted-bug runs.
+# All tests: unit, property, the seeded Raft simulation and the planted-bug runs. With
+# cargo-nextest (installed on this project's machines), tests of different executables run side
+# by side (.config/nextest.toml keeps apart what must be), then the doc tests, which nextest does
+# not run; without it, cargo test runs everything, one executable after another.
 test:
-	$(CARGO) test --workspace
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "make test: cargo nextest run --workspace, then the doc tests"; \
+		$(CARGO) nextest run --workspace && $(CARGO) test --workspace --doc; \
+	else \
+		echo "make test: cargo-nextest is not installed; cargo test --workspace"; \
+		$(CARGO) test --workspace; \
+	fi
 
 lint:
 	$(CARGO) fmt --all -- --check
