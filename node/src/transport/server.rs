@@ -2,13 +2,15 @@
 //!
 //! Admission checks: the message names this node as recipient and carries this cluster's id
 //! (addresses are reused when pods move, and a message meant for another node or cluster must
-//! never reach the core), and it decodes into a valid core message. A full queue answers
-//! RESOURCE_EXHAUSTED: the message is dropped, which Raft tolerates.
+//! never reach the core), and it decodes into a valid core message. On a unary call a full queue
+//! answers RESOURCE_EXHAUSTED: the message is dropped, which Raft tolerates. On a `Pipe` stream
+//! (how nodes send to each other) messages are queued in the order they came, waiting for room.
 
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
 use raftkv_proto::v1 as pb;
+use raftkv_proto::v1::raft_envelope::Kind;
 use raftkv_raft::NodeId;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -75,8 +77,8 @@ impl RaftService {
         Ok(())
     }
 
-    fn admit(&self, h: Header, inbound: Inbound) -> Result<Response<pb::RaftAck>, Status> {
-        self.check(&h)?;
+    /// Queues a checked message for the core without waiting (a unary call's admission).
+    fn admit(&self, inbound: Inbound) -> Result<Response<pb::RaftAck>, Status> {
         self.tx.try_send(inbound).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 Status::resource_exhausted("the node's raft inbox is full")
@@ -91,44 +93,88 @@ fn invalid(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// Checks and converts one message of any kind, as its unary RPC or a `Pipe` stream carries it.
+fn decode(service: &RaftService, kind: Kind) -> Result<Inbound, Status> {
+    let (h, m, lease_guard_ms) = match kind {
+        Kind::AppendEntries(r) => {
+            let (h, m) = append_from_wire(r).map_err(invalid)?;
+            (h, m, None)
+        }
+        Kind::RequestVote(r) => {
+            let (h, m) = vote_from_wire(r);
+            (h, m, None)
+        }
+        Kind::TimeoutNow(r) => {
+            let (h, m) = timeout_now_from_wire(r);
+            (h, m, None)
+        }
+        Kind::Respond(r) => {
+            let guard_ms = r.lease_guard_ms;
+            let (h, m) = response_from_wire(r).map_err(invalid)?;
+            (h, m, Some(guard_ms))
+        }
+    };
+    service.check(&h)?;
+    if let Some(guard_ms) = lease_guard_ms {
+        // Recorded before the message reaches the driver: an acknowledgement that extends a
+        // lease is always timed with its sender's current guard.
+        service.guards.record(h.from, guard_ms);
+    }
+    Ok(Inbound::Message(m))
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append_entries(
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
-        let (h, m) = append_from_wire(req.into_inner()).map_err(invalid)?;
-        self.admit(h, Inbound::Message(m))
+        let inbound = decode(self, Kind::AppendEntries(req.into_inner()))?;
+        self.admit(inbound)
     }
 
     async fn request_vote(
         &self,
         req: Request<pb::RequestVoteRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
-        let (h, m) = vote_from_wire(req.into_inner());
-        self.admit(h, Inbound::Message(m))
+        let inbound = decode(self, Kind::RequestVote(req.into_inner()))?;
+        self.admit(inbound)
     }
 
     async fn timeout_now(
         &self,
         req: Request<pb::TimeoutNowRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
-        let (h, m) = timeout_now_from_wire(req.into_inner());
-        self.admit(h, Inbound::Message(m))
+        let inbound = decode(self, Kind::TimeoutNow(req.into_inner()))?;
+        self.admit(inbound)
     }
 
     async fn respond(
         &self,
         req: Request<pb::RaftResponse>,
     ) -> Result<Response<pb::RaftAck>, Status> {
-        let req = req.into_inner();
-        let guard_ms = req.lease_guard_ms;
-        let (h, m) = response_from_wire(req).map_err(invalid)?;
-        self.check(&h)?;
-        // Recorded before the message reaches the driver: an acknowledgement that extends a
-        // lease is always timed with its sender's current guard.
-        self.guards.record(h.from, guard_ms);
-        self.admit(h, Inbound::Message(m))
+        let inbound = decode(self, Kind::Respond(req.into_inner()))?;
+        self.admit(inbound)
+    }
+
+    async fn pipe(
+        &self,
+        req: Request<Streaming<pb::RaftEnvelope>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(envelope) = stream.next().await {
+            let kind = envelope?
+                .kind
+                .ok_or_else(|| Status::invalid_argument("a raft envelope with no message"))?;
+            let inbound = decode(self, kind)?;
+            // Unlike a unary call, wait for room: the messages behind this one keep their order,
+            // and HTTP/2 flow control slows the sender down meanwhile.
+            self.tx
+                .send(inbound)
+                .await
+                .map_err(|_| Status::unavailable("the node is stopping"))?;
+        }
+        Ok(Response::new(pb::RaftAck {}))
     }
 
     async fn install_snapshot(
@@ -190,6 +236,6 @@ impl pb::raft_server::Raft for RaftService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(format!("cannot seal snapshot: {e}")))?;
         let msg = snapshot_message(&header, meta);
-        self.admit(header, Inbound::Snapshot { msg, data: staged })
+        self.admit(Inbound::Snapshot { msg, data: staged })
     }
 }
