@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is the one CI runs (through .ci/run) and the README shows.
-.PHONY: run build test lint fmt purity fault sim-replay bench-storage image container-e2e crd chart e2e-kind
+.PHONY: run build test lint fmt purity fault sim-replay bench-storage bench-etcd bench-scale image container-e2e crd chart e2e-kind
 
 CARGO ?= cargo
 
@@ -20,6 +20,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	scripts/check-core-purity.sh
+	scripts/check-module-cycles.py
 
 fmt:
 	$(CARGO) fmt --all
@@ -30,6 +31,17 @@ purity:
 # Appends/s and fsyncs/s of the write-ahead log for batch sizes 1, 16 and 256.
 bench-storage:
 	$(CARGO) bench -p raftkv-node --bench storage_wal
+
+# raftkv vs etcd side by side (3 + 3 members on 127.0.0.1, the same kvctl bench against both);
+# writes its section of docs/benchmarks.md. About 12 min; BENCH_SECONDS=8 per cell by default
+# (see the script's header for the other knobs). Installs Debian's etcd-server when missing.
+bench-etcd:
+	scripts/bench-etcd.sh
+
+# RSS per node with 1M keys x 256 B, and restart-to-serving time; writes its section of
+# docs/benchmarks.md. BENCH_SCALE_KEYS=20000 for a quick try.
+bench-scale:
+	scripts/bench-scale.sh
 
 # The fault-injection suite alone, e.g. make fault FAULT_SEEDS=20 FAULT_SECONDS=60
 # (FAULT_SEED=n replays one seed's nemesis schedule; FAULT_KEEP_HISTORY=1 keeps the histories).

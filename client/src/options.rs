@@ -55,7 +55,7 @@ impl Default for ClientOptions {
             keepalive_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
-            max_message_size: crate::MAX_GRPC_MESSAGE_BYTES,
+            max_message_size: raftkv_proto::MAX_GRPC_MESSAGE_BYTES,
             connect_to: BTreeMap::new(),
         }
     }

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use raftkv_raft::{ConfChange, ConfChangeType, Entry, NO_NODE, NodeId, Role};
 use tracing::{debug, warn};
 
-use super::Driver;
-use super::waiters::{MembersReply, Waiter};
+use super::pending::{MembersReply, Waiter};
+use super::state::Driver;
 use crate::entry::EntryKind;
 use crate::handle::MemberStatus;
 use crate::members::{MemberAddrs, added_learner, encode_context};

@@ -12,202 +12,64 @@
 //!
 //! The rooms of the driver, each stating the rules it enforces:
 //! - this file: the loop, carrying out a `Ready` (send, persist, apply) and client requests;
+//! - `state`: the [`Driver`] struct, what it is built from, and the one submit-and-wait on the
+//!   storage thread (`storage_call`);
 //! - `config`: the loop's tunables and the length of a read lease;
-//! - `waiters`: who waits for what (writes, membership changes, leader transfers), and how they
-//!   fail;
+//! - `waiters`: the rules for who waits for what (writes, membership changes, leader
+//!   transfers), and how they fail;
 //! - `reads`: ReadIndex and lease reads;
 //! - `snapshot`: local snapshots (take, install, compact) and snapshots received from a leader;
 //! - `membership`: member addresses, membership requests, and publishing our own addresses;
 //! - `status`: what the node shows (status, observed state, metrics of the loop);
 //! - `error`: why the loop stops ([`DriverError`]), apart from what a client is told.
+//!
+//! And the leaves, plain types that import nothing from the driver but `error`, so that no room
+//! imports from a room that imports it (`scripts/check-module-cycles.py` checks):
+//! - `pending`: the waiters themselves (a write's or membership change's reply, a leader
+//!   transfer, a read) and how one is answered with an error;
+//! - `snapshot_jobs`: a snapshot being written, one being decoded, one received and decoded;
+//! - `observed`: [`Observed`], what the loop publishes after every turn.
+//!
+//! `state` imports only leaves; the other rooms import `Driver` from `state` and `impl` it; this
+//! file imports from all of them and is imported by none.
 
 mod config;
 mod error;
 mod membership;
+mod observed;
+mod pending;
 mod reads;
 mod snapshot;
+mod snapshot_jobs;
+mod state;
 mod status;
 mod waiters;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use raftkv_raft::{
-    ConfChangeType, Entry, EntryPayload, Index, NodeId, RawNode, ReadLease, Ready, Role, Term,
-};
-use tokio::sync::{mpsc, oneshot, watch};
+use raftkv_raft::{ConfChangeType, Entry, EntryPayload, Index, NodeId, Ready, Role};
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
 pub use config::DriverConfig;
 pub use error::DriverError;
-pub use status::Observed;
+pub use observed::Observed;
+pub(crate) use state::{Driver, DriverParts};
 
 use crate::entry::EntryKind;
 use crate::error::NodeError;
 use crate::handle::DriverRequest;
-use crate::kv::KvStateMachine;
-use crate::members::{MemberAddrs, MemberBook};
-use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::storage::{
-    Callback, SnapshotStore, StagedSnapshot, StorageError, StorageHandle, WriteBatch,
-};
-use crate::transport::{Inbound, Transport};
-use reads::PendingRead;
-use snapshot::{Decoding, Received, SnapshotJob, snapshot_decoded, snapshot_written};
-use waiters::{Failure, TransferWait, Waiter, lost_write, reply_err};
+use crate::storage::WriteBatch;
+use crate::transport::Inbound;
+use pending::{Failure, PendingRead, Waiter, lost_write, reply_err};
+use snapshot_jobs::{snapshot_decoded, snapshot_written};
+use state::storage_call;
 
 /// Most queued events handled before the next `Ready`: bounds the latency of one loop turn.
 const MAX_EVENTS_PER_TURN: usize = 1024;
 
-/// The pieces a driver is made of; built by [`crate::node`].
-pub(crate) struct DriverParts {
-    pub id: NodeId,
-    pub cluster_id: String,
-    pub raw: RawNode,
-    pub kv: KvStateMachine,
-    pub book: MemberBook,
-    pub advertise: MemberAddrs,
-    pub requests: mpsc::Receiver<DriverRequest>,
-    pub inbound: mpsc::Receiver<Inbound>,
-    pub transport: Transport,
-    pub storage: StorageHandle,
-    pub snapshots: SnapshotStore,
-    pub cfg: DriverConfig,
-    pub observed: watch::Sender<Observed>,
-    pub metrics: std::sync::Arc<Metrics>,
-    pub guards: crate::transport::PeerGuards,
-}
-
-/// The event loop; see the module docs.
-pub(crate) struct Driver {
-    id: NodeId,
-    cluster_id: String,
-    raw: RawNode,
-    kv: KvStateMachine,
-    book: MemberBook,
-    advertise: MemberAddrs,
-    requests: mpsc::Receiver<DriverRequest>,
-    inbound: mpsc::Receiver<Inbound>,
-    transport: Transport,
-    storage: StorageHandle,
-    snapshots: SnapshotStore,
-    cfg: DriverConfig,
-    observed: watch::Sender<Observed>,
-    metrics: std::sync::Arc<Metrics>,
-    /// The lease guards peers reported (see [`DriverConfig::lease`]).
-    guards: crate::transport::PeerGuards,
-
-    proposals: BTreeMap<Index, (Term, Waiter)>,
-    /// When each client write was proposed, for the proposal latency histogram.
-    proposed_at: BTreeMap<Index, Instant>,
-    /// Planted bug `ack-before-fsync`: batches are written 200 ms after they were acknowledged.
-    #[cfg(feature = "planted-bugs")]
-    write_behind: Option<mpsc::UnboundedSender<(Instant, WriteBatch)>>,
-    reads_by_ctx: BTreeMap<u64, PendingRead>,
-    reads_waiting_apply: Vec<(Index, PendingRead)>,
-    next_read_ctx: u64,
-    lease: ReadLease<Instant>,
-    transfers: Vec<TransferWait>,
-    /// Snapshots received from a leader and decoded, by (index, term), until the core installs
-    /// one.
-    received: BTreeMap<(Index, Term), Received>,
-    /// A received snapshot being decoded on the blocking pool; the core hears of it only once
-    /// it is decoded (see [`Driver::on_snapshot_received`]).
-    decoding: Option<Decoding>,
-    /// The newest snapshot that arrived while another was being decoded: decoded next.
-    next_to_decode: Option<(raftkv_raft::Message, StagedSnapshot)>,
-    /// The index of the last local snapshot (or the installed one).
-    snapshot_index: Index,
-    /// Last time this node asked to publish its own addresses.
-    published_at: Option<Instant>,
-    /// Whether this node has been in the configuration since it started (to tell "removed"
-    /// from "not added yet").
-    was_member: bool,
-    /// The channel used to publish this node's addresses, and the leader address it goes to.
-    publish_channel: Option<(String, tonic::transport::Channel)>,
-    /// A snapshot being written in the background (see [`Driver::maybe_snapshot`]).
-    snapshot_job: Option<SnapshotJob>,
-    /// The last message from a leader: its term, its id and when it arrived (see
-    /// [`Driver::note_leader_message`]).
-    leader_heard: Option<(Term, NodeId, Instant)>,
-}
-
 impl Driver {
-    pub(crate) fn new(p: DriverParts) -> Self {
-        let snapshot_index = p.raw.snapshot_index();
-        let mut driver = Self {
-            id: p.id,
-            cluster_id: p.cluster_id,
-            raw: p.raw,
-            kv: p.kv,
-            book: p.book,
-            advertise: p.advertise,
-            requests: p.requests,
-            inbound: p.inbound,
-            transport: p.transport,
-            storage: p.storage,
-            snapshots: p.snapshots,
-            cfg: p.cfg,
-            observed: p.observed,
-            metrics: p.metrics,
-            guards: p.guards,
-            proposals: BTreeMap::new(),
-            proposed_at: BTreeMap::new(),
-            #[cfg(feature = "planted-bugs")]
-            write_behind: None,
-            reads_by_ctx: BTreeMap::new(),
-            reads_waiting_apply: Vec::new(),
-            next_read_ctx: 1,
-            lease: ReadLease::new(),
-            transfers: Vec::new(),
-            received: BTreeMap::new(),
-            decoding: None,
-            next_to_decode: None,
-            snapshot_index,
-            published_at: None,
-            was_member: false,
-            publish_channel: None,
-            snapshot_job: None,
-            leader_heard: None,
-        };
-        driver.plant_bugs();
-        driver
-    }
-
-    /// Switches on the configured planted bug's hooks (feature `planted-bugs`).
-    #[cfg(feature = "planted-bugs")]
-    fn plant_bugs(&mut self) {
-        use crate::planted::PlantedBug;
-        match self.cfg.planted_bug {
-            Some(PlantedBug::SessionNoDedup) => self.kv.plant_no_dedup(),
-            Some(PlantedBug::Core(raftkv_raft::planted::Bug::LeaseAfterTransfer)) => {
-                self.lease.plant_lease_after_transfer();
-            }
-            Some(PlantedBug::AckBeforeFsync) if self.write_behind.is_none() => {
-                let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, WriteBatch)>();
-                let storage = self.storage.clone();
-                crate::task::spawn(async move {
-                    while let Some((at, batch)) = rx.recv().await {
-                        tokio::time::sleep_until((at + Duration::from_millis(200)).into()).await;
-                        storage.submit(batch, |_| {});
-                    }
-                });
-                self.write_behind = Some(tx);
-            }
-            _ => {}
-        }
-    }
-
-    #[cfg(not(feature = "planted-bugs"))]
-    fn plant_bugs(&mut self) {}
-
-    #[cfg(feature = "planted-bugs")]
-    fn bug(&self, bug: crate::planted::PlantedBug) -> bool {
-        self.cfg.planted_bug == Some(bug)
-    }
-
     /// Runs until `shutdown` is triggered or storage fails.
     pub(crate) async fn run(mut self, mut shutdown: Shutdown) -> Result<(), DriverError> {
         self.sync_transport_peers();
@@ -484,15 +346,4 @@ impl Driver {
         self.complete_transfers(leader_id);
         self.published_at = None;
     }
-}
-
-/// Starts one storage-thread operation with `start` (handed the completion callback) and waits
-/// for it: the one place the loop submits to the storage thread and waits.
-async fn storage_call(start: impl FnOnce(Callback)) -> Result<(), DriverError> {
-    let (tx, rx) = oneshot::channel();
-    start(Box::new(move |r| {
-        let _ = tx.send(r);
-    }));
-    rx.await.map_err(|_| StorageError::Stopped)??;
-    Ok(())
 }

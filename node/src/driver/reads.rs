@@ -17,17 +17,11 @@ use std::time::Instant;
 use raftkv_raft::Index;
 #[cfg(feature = "planted-bugs")]
 use raftkv_raft::Role;
-use tokio::sync::oneshot;
 
-use super::Driver;
+use super::pending::PendingRead;
+use super::state::Driver;
 use crate::error::NodeError;
 use crate::handle::{Consistency, ReadQuery, ReadResult};
-
-/// A read waiting for its read index, then for that index to be applied.
-pub(super) struct PendingRead {
-    pub(super) query: ReadQuery,
-    pub(super) reply: oneshot::Sender<Result<ReadResult, NodeError>>,
-}
 
 impl Driver {
     pub(super) fn on_read(&mut self, read: PendingRead, consistency: Consistency) {

@@ -24,63 +24,12 @@ use raftkv_raft::{Index, SnapshotMeta, Term};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::DriverError;
-use super::waiters::{lost_write, reply_err};
-use super::{Driver, storage_call};
-use crate::entry::{SnapshotLoadError, snapshot_header};
-use crate::kv::KvStateMachine;
-use crate::members::MemberBook;
+use super::error::DriverError;
+use super::pending::{lost_write, reply_err};
+use super::snapshot_jobs::{Decoding, Received, Restored, SnapshotJob};
+use super::state::{Driver, storage_call};
+use crate::entry::snapshot_header;
 use crate::storage::{StagedSnapshot, WriteBatch};
-
-/// A local snapshot at `index`, written to a staged file by a blocking task while the loop goes
-/// on (ticks, heartbeats, writes).
-pub(super) struct SnapshotJob {
-    pub(super) index: Index,
-    pub(super) done: oneshot::Receiver<Result<StagedSnapshot, DriverError>>,
-}
-
-/// Waits for the background snapshot, if there is one (never resolves otherwise).
-pub(super) async fn snapshot_written(
-    job: &mut Option<SnapshotJob>,
-) -> (Index, Result<StagedSnapshot, DriverError>) {
-    match job {
-        Some(job) => {
-            let result = (&mut job.done)
-                .await
-                .unwrap_or(Err(DriverError::TaskStopped("snapshot writing")));
-            (job.index, result)
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// The state a received snapshot rebuilds: the address book and the state machine.
-pub(super) type Restored = (MemberBook, KvStateMachine);
-
-/// A snapshot received from the leader, with the state decoded from it.
-pub(super) struct Received {
-    pub(super) staged: StagedSnapshot,
-    pub(super) restored: Restored,
-}
-
-/// A received snapshot being read, checked and decoded by a blocking task, with the message
-/// that announced it (stepped into the core once the data is decoded).
-pub(super) struct Decoding {
-    msg: raftkv_raft::Message,
-    staged: StagedSnapshot,
-    task: tokio::task::JoinHandle<Result<Restored, SnapshotLoadError>>,
-}
-
-/// Waits for the snapshot being decoded, if there is one (never resolves otherwise).
-pub(super) async fn snapshot_decoded(job: &mut Option<Decoding>) -> Result<Restored, DriverError> {
-    match job {
-        Some(job) => (&mut job.task)
-            .await
-            .map_err(|_| DriverError::TaskStopped("snapshot decoding"))?
-            .map_err(DriverError::from),
-        None => std::future::pending().await,
-    }
-}
 
 impl Driver {
     pub(super) fn take_received(&mut self, meta: &SnapshotMeta) -> Result<Received, DriverError> {

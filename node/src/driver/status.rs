@@ -3,27 +3,9 @@
 
 use std::time::Instant;
 
-use raftkv_raft::{Index, NodeId, Role, Term};
-
-use super::Driver;
+use super::observed::Observed;
+use super::state::Driver;
 use crate::handle::{MemberState, NodeStatus};
-
-/// What the node shares with the outside world (health checks, metrics, shutdown).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Observed {
-    /// Role of this node.
-    pub role: Role,
-    /// Current term.
-    pub term: Term,
-    /// Known leader (0 = none).
-    pub leader_id: NodeId,
-    /// Commit index.
-    pub commit_index: Index,
-    /// Applied index.
-    pub applied_index: Index,
-    /// Whether this node is in the configuration.
-    pub member: bool,
-}
 
 impl Driver {
     /// Measures leader silence as a follower sees it: the time between two consecutive messages

@@ -1,4 +1,5 @@
-//! Who waits for what, and how waiters fail.
+//! The rules for who waits for what, and how waiters fail (the waiters themselves are plain types
+//! in `pending`).
 //!
 //! A write's reply waits under the entry's (index, term). When the entry at that index is
 //! applied with another term, the write was lost (UNAVAILABLE; the client retries with the same
@@ -11,40 +12,11 @@ use std::time::Instant;
 
 use raftkv_raft::{Error as RaftError, NodeId};
 use tokio::sync::oneshot;
-use tracing::error;
 
-use super::Driver;
+use super::pending::{Failure, TransferWait, Waiter, reply_err};
+use super::state::Driver;
 use crate::entry::EntryKind;
 use crate::error::NodeError;
-use crate::handle::MemberStatus;
-use crate::kv::WriteResponse;
-
-pub(super) type WriteReply = oneshot::Sender<Result<WriteResponse, NodeError>>;
-pub(super) type MembersReply = oneshot::Sender<Result<Vec<MemberStatus>, NodeError>>;
-
-/// Who waits for a proposed entry to be applied.
-pub(super) enum Waiter {
-    Write(WriteReply),
-    Members(MembersReply),
-    /// An entry the node proposed for itself (address publication).
-    Internal,
-}
-
-/// A leader transfer this node started, answered once the target leads or the deadline passed.
-pub(super) struct TransferWait {
-    pub(super) target: NodeId,
-    pub(super) deadline: Instant,
-    pub(super) reply: oneshot::Sender<Result<NodeId, NodeError>>,
-}
-
-/// Why waiters fail in bulk (see [`Driver::fail_all`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Failure {
-    /// This node is no longer leader: writes and reads fail, leader transfers go on.
-    LeadershipLost,
-    /// The loop stops: everyone fails.
-    Stopping,
-}
 
 impl Driver {
     pub(super) fn propose(&mut self, kind: EntryKind, waiter: Waiter) {
@@ -163,30 +135,6 @@ impl Driver {
             | RaftError::Unavailable(_)
             | RaftError::InvalidConfig(_)
             | RaftError::InvalidState(_)) => NodeError::Internal(other.to_string()),
-        }
-    }
-}
-
-/// The error of a write whose index another leader's entry took.
-pub(super) fn lost_write() -> NodeError {
-    NodeError::Unavailable(
-        "the write was superseded by another leader's entry; retry with the same seq".into(),
-    )
-}
-
-/// Answers `w` with `err` (an internal proposal has no one to answer: it is logged).
-pub(super) fn reply_err(w: Waiter, err: NodeError) {
-    match w {
-        Waiter::Write(r) => {
-            let _ = r.send(Err(err));
-        }
-        Waiter::Members(r) => {
-            let _ = r.send(Err(err));
-        }
-        Waiter::Internal => {
-            if !matches!(err, NodeError::Unavailable(_) | NodeError::Stopped) {
-                error!(error = %err, "internal proposal failed");
-            }
         }
     }
 }

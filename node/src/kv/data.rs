@@ -39,7 +39,7 @@
 //! a dependency; it was not measured, since the overlay costs nothing while no snapshot runs,
 //! which is nearly always.
 //!
-//! The session table is still cloned by [`KvStateMachine::freeze`]. It is bounded (at most
+//! The session table is still cloned by [`KvStateMachine::freeze`](super::KvStateMachine::freeze). It is bounded (at most
 //! `max_sessions` sessions of `window` results; values are shared `Bytes`, within
 //! [`super::MAX_SESSION_BYTES`]) and one session per client is usually far below that, but at the
 //! default limits a full table holds 1.28 million results, as many entries as the map measured
@@ -49,7 +49,6 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::collections::btree_map;
-use std::io::{self, Write};
 use std::iter::Peekable;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -58,7 +57,7 @@ use bytes::Bytes;
 use raftkv_raft::Index;
 
 use super::session::SessionTable;
-use super::state_machine::{KvStateMachine, Stored};
+use super::types::Stored;
 
 type Map = BTreeMap<Bytes, Stored>;
 type Overlay = BTreeMap<Bytes, Option<Stored>>;
@@ -142,7 +141,7 @@ impl KvData {
     }
 
     /// Sets `key`. The key is copied into a buffer of its own only if it is new (see
-    /// [`KvStateMachine::apply`] on why stored bytes must not be slices of a larger buffer).
+    /// [`KvStateMachine::apply`](super::KvStateMachine::apply) on why stored bytes must not be slices of a larger buffer).
     pub(super) fn put(&mut self, key: &Bytes, stored: Stored) {
         self.settle();
         let Some(overlay) = &mut self.overlay else {
@@ -264,7 +263,9 @@ impl<'a> Iterator for Merged<'a> {
 }
 
 /// The whole state machine frozen at one applied index: what a snapshot is written from, by
-/// another thread, while the original goes on applying. Made by [`KvStateMachine::freeze`].
+/// another thread, while the original goes on applying. Made by
+/// [`KvStateMachine::freeze`](super::KvStateMachine::freeze); its snapshot is written by
+/// `FrozenKv::write_snapshot` (in `snapshot.rs`, with the one encoder).
 #[derive(Debug)]
 pub struct FrozenKv {
     pub(super) data: Arc<Map>,
@@ -276,41 +277,5 @@ impl FrozenKv {
     /// The index the view was frozen at.
     pub fn applied_index(&self) -> Index {
         self.applied
-    }
-
-    /// Writes the snapshot of the frozen state: the same bytes
-    /// [`KvStateMachine::write_snapshot`] wrote at the time of the freeze.
-    pub fn write_snapshot<W: Write>(&self, w: W) -> io::Result<()> {
-        super::snapshot::write_state(
-            w,
-            self.applied,
-            &self.sessions,
-            self.data.len(),
-            self.data.iter(),
-        )
-    }
-
-    /// The snapshot as one byte string.
-    pub fn snapshot(&self) -> Vec<u8> {
-        super::snapshot::in_memory(|out| self.write_snapshot(out))
-    }
-}
-
-impl KvStateMachine {
-    /// Freezes the current state for a snapshot: O(1) for the keys (see the [module
-    /// docs](self)), a copy of the bounded session table. Writes after this do not show in the
-    /// view.
-    pub fn freeze(&mut self) -> FrozenKv {
-        FrozenKv {
-            data: self.data.freeze(),
-            sessions: self.sessions.clone(),
-            applied: self.applied,
-        }
-    }
-
-    /// Whether writes currently go to an overlay (a frozen view was taken and its changes not
-    /// folded back yet). For tests and diagnostics.
-    pub fn has_overlay(&self) -> bool {
-        self.data.has_overlay()
     }
 }

@@ -34,9 +34,10 @@ use std::io::{self, Write};
 use bytes::Bytes;
 use raftkv_raft::Index;
 
+use super::data::FrozenKv;
 use super::session::{MAX_CLIENT_ID_LEN, Recorded, Session, SessionConfig, SessionTable};
-use super::state_machine::{KvStateMachine, Stored};
-use super::types::WriteResponse;
+use super::state_machine::KvStateMachine;
+use super::types::{Stored, WriteResponse};
 use crate::codec::{DecodeError, Reader, varint_bytes};
 
 /// The first bytes of every KV snapshot.
@@ -265,6 +266,25 @@ impl KvStateMachine {
             #[cfg(feature = "planted-bugs")]
             no_dedup: false,
         })
+    }
+}
+
+impl FrozenKv {
+    /// Writes the snapshot of the frozen state: the same bytes
+    /// [`KvStateMachine::write_snapshot`] wrote at the time of the freeze.
+    pub fn write_snapshot<W: Write>(&self, w: W) -> io::Result<()> {
+        write_state(
+            w,
+            self.applied,
+            &self.sessions,
+            self.data.len(),
+            self.data.iter(),
+        )
+    }
+
+    /// The snapshot as one byte string.
+    pub fn snapshot(&self) -> Vec<u8> {
+        in_memory(|out| self.write_snapshot(out))
     }
 }
 

@@ -7,9 +7,11 @@ use bytes::Bytes;
 use raftkv_raft::Index;
 
 use super::command::{Command, Op};
-use super::data::KvData;
+use super::data::{FrozenKv, KvData};
 use super::session::{Admission, SessionConfig, SessionTable};
-use super::types::{ApplyResult, GetResponse, OutOfOrder, ScanItem, ScanResponse, WriteResponse};
+use super::types::{
+    ApplyResult, GetResponse, OutOfOrder, ScanItem, ScanResponse, Stored, WriteResponse,
+};
 
 /// Scan items returned when the request's limit is 0.
 pub const SCAN_DEFAULT_LIMIT: u32 = 1000;
@@ -18,13 +20,6 @@ pub const SCAN_MAX_LIMIT: u32 = 10_000;
 /// The most key + value bytes one scan response holds (it always holds at least one item, and one
 /// maximal item — a 4 KiB key and a 1 MiB value — is well under this).
 pub const SCAN_MAX_BYTES: usize = 4 * 1024 * 1024;
-
-/// A stored value and its version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Stored {
-    pub(super) value: Bytes,
-    pub(super) version: u64,
-}
 
 /// The replicated KV store: data, client sessions and the index of the last applied entry.
 /// See the [module docs](super) for the rules.
@@ -252,5 +247,24 @@ impl KvStateMachine {
             });
         }
         ScanResponse { items, more: false }
+    }
+}
+
+impl KvStateMachine {
+    /// Freezes the current state for a snapshot: O(1) for the keys (see the [module
+    /// docs](super::data)), a copy of the bounded session table. Writes after this do not show in the
+    /// view.
+    pub fn freeze(&mut self) -> FrozenKv {
+        FrozenKv {
+            data: self.data.freeze(),
+            sessions: self.sessions.clone(),
+            applied: self.applied,
+        }
+    }
+
+    /// Whether writes currently go to an overlay (a frozen view was taken and its changes not
+    /// folded back yet). For tests and diagnostics.
+    pub fn has_overlay(&self) -> bool {
+        self.data.has_overlay()
     }
 }

@@ -1,8 +1,10 @@
 //! The values the state machine and the session table share: what a write returns to its client
-//! (recorded per session and replayed to retries), why a command is refused, and read results.
+//! (recorded per session and replayed to retries), why a command is refused, and read results;
+//! and [`Stored`], a key's value and version, shared by the key map, the state machine and
+//! snapshots.
 //!
-//! Kept apart from `state_machine.rs` and `session.rs` so that both depend on it and neither on
-//! the other's types.
+//! Kept apart from `state_machine.rs`, `session.rs`, `data.rs` and `snapshot.rs` so that they
+//! all depend on it and none on another's types (no import cycle).
 
 use bytes::Bytes;
 use raftkv_raft::Index;
@@ -181,4 +183,11 @@ impl ScanResponse {
         next.push(0);
         Some(Bytes::from(next))
     }
+}
+
+/// A stored value and its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub(super) value: Bytes,
+    pub(super) version: u64,
 }

@@ -1,73 +1,26 @@
-//! `kvctl bench`: N concurrent clients issuing a Put/Get mix; throughput and latency percentiles.
+//! `kvctl bench`: N concurrent clients issuing a Put/Get mix against raftkv or etcd; throughput
+//! and latency percentiles, a progress bar, `--json`, and an optional SVG plot.
 //!
-//! Each bench client is a separate [`Client`] (its own session and connections), so the load
-//! looks like N independent applications. Latencies of successful requests are recorded in
-//! microseconds in HdrHistograms, one per client and operation, merged at the end. Only loopback
-//! or user-given endpoints are targeted; the run is bounded by `--duration` or `--requests`.
+//! Each bench client is a closed loop: one request in flight, the next sent when it returns. The
+//! clients share `--connections` connections round-robin (default: one each), so "128 clients on
+//! 8 connections", the shape of etcd's own benchmark, can be measured as well as N independent
+//! applications. The loop and the report are the same for every target; only the call differs
+//! (`bench_target`). The run is bounded by `--duration` or `--requests`; only the endpoints the
+//! user gave (or the local cluster's) are targeted.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-use raftkv_client::{Bytes, Client, Consistency};
-use serde_json::{Value, json};
+use raftkv_client::Bytes;
+use serde_json::json;
 
-use crate::cli::BenchArgs;
-use crate::commands::connect;
+use crate::bench_plot;
+use crate::bench_stats::{self, Goal, Shared, Tally};
+use crate::bench_target::Connection;
+use crate::cli::{BenchArgs, BenchTarget, KeyOrder, ReadConsistency};
 use crate::exit::{Exit, Failure};
 use crate::output::Output;
-
-/// The highest latency tracked: anything slower is recorded as this (60 s, in µs).
-const MAX_LATENCY_US: u64 = 60_000_000;
-
-/// Counters shared by the workers and the progress printer.
-#[derive(Default)]
-struct Shared {
-    ops: AtomicU64,
-    errors: AtomicU64,
-    /// Requests still to start when `--requests` is given.
-    budget: AtomicU64,
-    stop: AtomicBool,
-}
-
-/// What one worker measured.
-struct Tally {
-    reads: Histogram<u64>,
-    writes: Histogram<u64>,
-    errors_unknown: u64,
-    errors_definite: u64,
-    last_error: Option<String>,
-}
-
-impl Tally {
-    fn new() -> Result<Self, Failure> {
-        let histogram = || {
-            Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-                .map_err(|e| Failure::Other(format!("cannot create histogram: {e}")))
-        };
-        Ok(Self {
-            reads: histogram()?,
-            writes: histogram()?,
-            errors_unknown: 0,
-            errors_definite: 0,
-            last_error: None,
-        })
-    }
-
-    fn merge(&mut self, other: Tally) -> Result<(), Failure> {
-        let fail = |e: hdrhistogram::AdditionError| Failure::Other(format!("histogram: {e}"));
-        self.reads.add(&other.reads).map_err(fail)?;
-        self.writes.add(&other.writes).map_err(fail)?;
-        self.errors_unknown += other.errors_unknown;
-        self.errors_definite += other.errors_definite;
-        if other.last_error.is_some() {
-            self.last_error = other.last_error;
-        }
-        Ok(())
-    }
-}
 
 /// Runs the benchmark.
 pub async fn run(
@@ -82,34 +35,46 @@ pub async fn run(
         ..Shared::default()
     });
     let args = Arc::new(args);
-    let consistency = Consistency::from(args.consistency);
 
-    let mut clients = Vec::with_capacity(args.clients as usize);
-    for _ in 0..args.clients {
-        clients.push(connect(endpoints, timeout).await?);
+    let connections = args.connection_count();
+    let mut pool = Vec::with_capacity(connections as usize);
+    for _ in 0..connections {
+        pool.push(Connection::open(args.target, endpoints, timeout).await?);
     }
     let what = match args.requests {
         Some(n) => format!("{n} requests"),
         None => format!("{:?}", args.duration),
     };
     out.note(&format!(
-        "bench: {} clients, {what}, {} keys, {}-byte values, {:.0}% reads ({consistency:?}) against {}",
+        "bench {}: {} clients on {connections} connections, {what}, {} keys, {}-byte values, \
+         {:.0}% reads ({}) against {}",
+        target_name(args.target),
         args.clients,
         args.keys,
         args.value_size,
         args.read_ratio * 100.0,
+        consistency_name(args.target, args.consistency),
         endpoints.join(",")
     ));
 
     let started = Instant::now();
-    let mut workers = Vec::with_capacity(clients.len());
-    for client in clients {
+    let mut workers = Vec::with_capacity(args.clients as usize);
+    for index in 0..args.clients as usize {
+        let connection = pool[index % pool.len()].clone();
         let (shared, args, value) = (shared.clone(), args.clone(), value.clone());
         workers.push(tokio::spawn(async move {
-            worker(client, shared, args, consistency, value).await
+            worker(connection, &shared, &args, &value).await
         }));
     }
-    let progress = tokio::spawn(progress(shared.clone(), started, !out.is_json()));
+    drop(pool);
+    let progress = (!out.is_json()).then(|| {
+        let shared = shared.clone();
+        let goal = match args.requests {
+            Some(n) => Goal::Requests(n),
+            None => Goal::Duration(args.duration),
+        };
+        tokio::spawn(async move { bench_stats::progress(&shared, started, goal).await })
+    });
 
     if args.requests.is_none() {
         tokio::time::sleep(args.duration).await;
@@ -124,9 +89,12 @@ pub async fn run(
     }
     let elapsed = started.elapsed();
     shared.stop.store(true, Ordering::Relaxed);
-    progress.abort();
+    if let Some(progress) = progress {
+        // It sees `stop` within a second and ends its line; waiting keeps the output tidy.
+        let _ = progress.await;
+    }
 
-    report(&total, elapsed, &args, out);
+    report(&total, elapsed, &args, out)?;
     let succeeded = total.reads.len() + total.writes.len();
     Ok(if succeeded > 0 {
         Exit::Success
@@ -139,11 +107,10 @@ pub async fn run(
 
 /// One bench client: picks an operation and a key, measures, repeats until told to stop.
 async fn worker(
-    client: Client,
-    shared: Arc<Shared>,
-    args: Arc<BenchArgs>,
-    consistency: Consistency,
-    value: Bytes,
+    mut connection: Connection,
+    shared: &Shared,
+    args: &BenchArgs,
+    value: &Bytes,
 ) -> Result<Tally, Failure> {
     let mut tally = Tally::new()?;
     let mut rng = Rng::new();
@@ -158,146 +125,122 @@ async fn worker(
         {
             break;
         }
-        let key = format!("{}{:08}", args.key_prefix, rng.next() % args.keys);
-        let is_read = args.read_ratio >= 1.0 || rng.next() < read_threshold;
+        let index = match args.key_order {
+            KeyOrder::Random => rng.next(),
+            KeyOrder::Sequential => shared.next_key.fetch_add(1, Ordering::Relaxed),
+        } % args.keys;
+        let key = format!("{}{index:08}", args.key_prefix);
+        let is_read =
+            args.read_ratio >= 1.0 || (args.read_ratio > 0.0 && rng.next() < read_threshold);
         let begun = Instant::now();
         let result = if is_read {
-            client.get(key, consistency).await.map(|_| ())
+            connection.get(key, args.consistency).await
         } else {
-            client.put(key, value.clone()).await.map(|_| ())
+            connection.put(key, value).await
         };
-        let micros = u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX);
-        match result {
-            Ok(()) => {
-                let histogram = if is_read {
-                    &mut tally.reads
-                } else {
-                    &mut tally.writes
-                };
-                histogram.saturating_record(micros.clamp(1, MAX_LATENCY_US));
-                shared.ops.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(error) => {
-                if error.is_outcome_unknown() {
-                    tally.errors_unknown += 1;
-                } else {
-                    tally.errors_definite += 1;
-                }
-                tally.last_error = Some(error.to_string());
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let elapsed = begun.elapsed();
+        let counter = if result.is_ok() {
+            &shared.ops
+        } else {
+            &shared.errors
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tally.record(is_read, elapsed, result);
     }
     Ok(tally)
 }
 
-/// Prints a progress line on stderr every second (in place on a terminal).
-async fn progress(shared: Arc<Shared>, started: Instant, enabled: bool) {
-    if !enabled {
-        return;
-    }
-    let tty = std::io::stderr().is_terminal();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    let mut last_ops = 0;
-    loop {
-        tick.tick().await;
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let ops = shared.ops.load(Ordering::Relaxed);
-        let line = format!(
-            "[{:>4}s] {ops:>9} ops  {:>8} ops/s  {} errors",
-            started.elapsed().as_secs(),
-            ops - last_ops,
-            shared.errors.load(Ordering::Relaxed)
-        );
-        last_ops = ops;
-        if tty {
-            eprint!("\r{line}");
-        } else {
-            eprintln!("{line}");
-        }
-    }
-    if tty {
-        eprintln!();
-    }
-}
-
-fn report(total: &Tally, elapsed: Duration, args: &BenchArgs, out: &Output) {
-    let mut all = total.reads.clone();
-    // Both histograms have the same bounds, so adding cannot fail; fall back to reads only.
-    let _ = all.add(&total.writes);
+/// Prints the report (text or `--json`) and draws `--plot`.
+fn report(total: &Tally, elapsed: Duration, args: &BenchArgs, out: &Output) -> Result<(), Failure> {
+    let all = total.all()?;
     let seconds = elapsed.as_secs_f64().max(f64::EPSILON);
-    let throughput = all.len() as f64 / seconds;
-    let errors = total.errors_unknown + total.errors_definite;
-
-    if out.is_json() {
-        out.json(&json!({
-            "clients": args.clients,
-            "keys": args.keys,
-            "value_size": args.value_size,
-            "read_ratio": args.read_ratio,
-            "elapsed_seconds": seconds,
-            "ops": all.len(),
-            "throughput_ops_per_second": throughput,
-            "errors": { "total": errors, "outcome_unknown": total.errors_unknown,
-                        "definite": total.errors_definite, "last": total.last_error },
-            "latency_ms": {
-                "all": latency_json(&all),
-                "read": latency_json(&total.reads),
-                "write": latency_json(&total.writes),
-            },
-        }));
-        return;
-    }
-    println!(
-        "{} ops in {seconds:.2}s: {throughput:.1} ops/s, {errors} errors ({} outcome unknown)",
-        all.len(),
-        total.errors_unknown
-    );
-    println!(
-        "{:<6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}   (latency, ms)",
-        "", "count", "p50", "p90", "p99", "p99.9", "max"
-    );
-    for (name, histogram) in [
-        ("all", &all),
-        ("read", &total.reads),
-        ("write", &total.writes),
-    ] {
-        if histogram.is_empty() {
-            continue;
+    if let Some(path) = &args.plot {
+        let mut series = Vec::new();
+        for earlier in &args.plot_with {
+            series.extend(bench_plot::load_series(earlier)?);
         }
-        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-        println!(
-            "{name:<6} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-            histogram.len(),
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(0.999),
-            histogram.max() as f64 / 1000.0
-        );
+        let target = target_name(args.target);
+        for (op, histogram) in [("read", &total.reads), ("write", &total.writes)] {
+            series.push(bench_plot::Series {
+                name: format!("{target} {op}"),
+                points: bench_plot::spectrum(histogram),
+            });
+        }
+        bench_plot::draw(path, &plot_title(args), &series)?;
+        out.note(&format!("latency plot written to {}", path.display()));
     }
-    if let Some(error) = &total.last_error {
-        println!("last error: {error}");
+    if !out.is_json() {
+        bench_stats::print_text(total, &all, seconds);
+        return Ok(());
+    }
+    out.json(&json!({
+        "target": target_name(args.target),
+        "clients": args.clients,
+        "connections": args.connection_count(),
+        "keys": args.keys,
+        "value_size": args.value_size,
+        "read_ratio": args.read_ratio,
+        "consistency": consistency_name(args.target, args.consistency),
+        "elapsed_seconds": seconds,
+        "ops": all.len(),
+        "throughput_ops_per_second": all.len() as f64 / seconds,
+        "errors": { "total": total.errors(), "outcome_unknown": total.errors_unknown,
+                    "definite": total.errors_definite, "last": total.last_error },
+        "latency_ms": {
+            "all": bench_stats::latency_json(&all),
+            "read": bench_stats::latency_json(&total.reads),
+            "write": bench_stats::latency_json(&total.writes),
+        },
+        // [[quantile, ms], ...] per operation: what `--plot-with` draws from a saved report.
+        "spectrum": {
+            "read": bench_plot::spectrum_json(&total.reads),
+            "write": bench_plot::spectrum_json(&total.writes),
+        },
+    }));
+    Ok(())
+}
+
+fn target_name(target: BenchTarget) -> &'static str {
+    match target {
+        BenchTarget::Raftkv => "raftkv",
+        BenchTarget::Etcd => "etcd",
     }
 }
 
-fn latency_json(histogram: &Histogram<u64>) -> Value {
-    if histogram.is_empty() {
-        return Value::Null;
+/// The read level actually asked of the target (etcd knows only two).
+fn consistency_name(target: BenchTarget, consistency: ReadConsistency) -> &'static str {
+    match (target, consistency) {
+        (_, ReadConsistency::Linearizable) => "linearizable",
+        (BenchTarget::Raftkv, ReadConsistency::Lease) => "lease",
+        (BenchTarget::Raftkv, ReadConsistency::Stale) => "stale",
+        (BenchTarget::Etcd, _) => "serializable",
     }
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    json!({
-        "count": histogram.len(),
-        "p50": ms(0.5),
-        "p90": ms(0.9),
-        "p99": ms(0.99),
-        "p999": ms(0.999),
-        "max": histogram.max() as f64 / 1000.0,
-        "mean": histogram.mean() / 1000.0,
-    })
+}
+
+fn plot_title(args: &BenchArgs) -> String {
+    // Beside another target's run, name the read level both were asked for (raftkv's).
+    let level = if args.plot_with.is_empty() {
+        consistency_name(args.target, args.consistency)
+    } else {
+        consistency_name(BenchTarget::Raftkv, args.consistency)
+    };
+    let mix = match args.read_ratio {
+        r if r <= 0.0 => "put".to_owned(),
+        r if r >= 1.0 => format!("{level} get"),
+        r => format!("{:.0}% {level} get", r * 100.0),
+    };
+    // With earlier runs on the same axes the legend names the targets; the title names the load.
+    let who = if args.plot_with.is_empty() {
+        format!("{} ", target_name(args.target))
+    } else {
+        String::new()
+    };
+    format!(
+        "{who}{mix}, {} clients on {} connections, {} B values",
+        args.clients,
+        args.connection_count(),
+        args.value_size
+    )
 }
 
 /// xorshift64*: fast, good enough to spread keys and pick operations; not for secrets.

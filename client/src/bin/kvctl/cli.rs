@@ -162,9 +162,16 @@ pub struct LocalUpArgs {
 /// Flags of `kvctl bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Concurrent clients (each with its own session and connections).
+    /// What to benchmark: raftkv, or etcd (same workload; needs kvctl built with `--features etcd`).
+    #[arg(long, value_enum, default_value_t = BenchTarget::Raftkv)]
+    pub target: BenchTarget,
+    /// Concurrent clients, each with one request in flight (a closed loop).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub clients: u32,
+    /// How many connections the clients share, round-robin (0 = one per client). For raftkv a
+    /// connection is one client object: its channels and its exactly-once session.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub connections: u32,
     /// How long to run (ignored when --requests is given).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -186,6 +193,45 @@ pub struct BenchArgs {
     /// Prefix of the benchmark's keys.
     #[arg(long, default_value = "bench/")]
     pub key_prefix: String,
+    /// Which key each request takes: at random, or the next in order (each key once per pass
+    /// over --keys; with --requests equal to --keys and --read-ratio 0 it loads every key once).
+    #[arg(long, value_enum, default_value_t = KeyOrder::Random)]
+    pub key_order: KeyOrder,
+    /// Also draw the latency distribution (percentile spectrum) into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Draw the latency distribution of an earlier run (its `--json` report) on the same plot;
+    /// may be repeated.
+    #[arg(long, value_name = "REPORT.json", requires = "plot")]
+    pub plot_with: Vec<PathBuf>,
+}
+
+impl BenchArgs {
+    /// How many connections the run opens: --connections, at most one per client (0 = one each).
+    pub fn connection_count(&self) -> u32 {
+        match self.connections {
+            0 => self.clients,
+            n => n.min(self.clients),
+        }
+    }
+}
+
+/// `--target` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    /// A raftkv cluster.
+    Raftkv,
+    /// An etcd v3 cluster: LINEARIZABLE reads are linearizable ranges, LEASE and STALE serializable.
+    Etcd,
+}
+
+/// `--key-order` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyOrder {
+    /// Uniformly random keys.
+    Random,
+    /// Keys in order from a shared counter, wrapping after --keys.
+    Sequential,
 }
 
 /// `--consistency` values.

@@ -4,12 +4,18 @@
 //! - `commands`: put, get, delete, scan, cas, status, member, transfer-leader.
 //! - `output`: text and `--json` rendering, the status table.
 //! - `local`: `kvctl local up`, a cluster of kvnode child processes on 127.0.0.1.
-//! - `bench`: `kvctl bench`, concurrent load with HdrHistogram latency percentiles.
+//! - `bench`: `kvctl bench`, concurrent closed-loop load against raftkv or etcd.
+//!   - `bench_target`: the per-request call of each target (etcd behind the `etcd` feature).
+//!   - `bench_stats`: counters, HdrHistogram tallies, the progress bar, the text/JSON report.
+//!   - `bench_plot`: `--plot FILE.svg`, the latency percentile spectrum.
 //! - `exit`: the exit codes and the failures that map to them.
 //!
 //! Exit codes (DESIGN §5): 0 success, 1 definite failure, 2 usage error, 3 outcome unknown.
 
 mod bench;
+mod bench_plot;
+mod bench_stats;
+mod bench_target;
 mod cli;
 mod commands;
 mod exit;

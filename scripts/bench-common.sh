@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Shared by scripts/bench-etcd.sh and scripts/bench-scale.sh (sourced, not run): release builds,
+# a 3-node raftkv cluster of kvnode processes on 127.0.0.1, the machine's description (cores, the
+# disk's fsync latency), cleanup of everything started (also on Ctrl-C), and writing one marked
+# section of docs/benchmarks.md.
+#
+# Variables the caller may set before sourcing: BENCH_DIR (data and results; default
+# target/bench-data, on the repository's disk rather than a tmpfs, so fsync is real),
+# BENCH_PORT_BASE (raftkv clients on BASE+1.., peers on BASE+101..; default 27000) and
+# BENCH_PROFILE (release, the default, with the etcd target; or debug, for the CI smoke run).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_DIR="${BENCH_DIR:-$ROOT/target/bench-data}"
+BENCH_PORT_BASE="${BENCH_PORT_BASE:-27000}"
+BENCH_PROFILE="${BENCH_PROFILE:-release}"
+KVNODE="$ROOT/target/$BENCH_PROFILE/kvnode"
+KVCTL="$ROOT/target/$BENCH_PROFILE/kvctl"
+DOC="$ROOT/docs/benchmarks.md"
+# Process ids of everything started here, stopped by bench_cleanup.
+BENCH_PIDS=()
+# Process ids of the raftkv nodes, by node id (1..3).
+RAFTKV_PIDS=()
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Stops every process this script started: SIGTERM, then SIGKILL after 10 s.
+bench_cleanup() {
+  local pid
+  for pid in "${BENCH_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${BENCH_PIDS[@]}"; do
+    for _ in $(seq 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  BENCH_PIDS=()
+}
+
+# Installs the cleanup on exit and on Ctrl-C/SIGTERM, and makes BENCH_DIR fresh.
+bench_init() {
+  trap bench_cleanup EXIT
+  trap 'log "interrupted"; exit 130' INT TERM
+  rm -rf "$BENCH_DIR"
+  mkdir -p "$BENCH_DIR"
+}
+
+# Removes the clusters' data directories after a finished run (1M keys take a few GB over three
+# nodes); the logs and results stay in BENCH_DIR until the next run.
+bench_drop_data() {
+  rm -rf "$BENCH_DIR"/raftkv/node-*/ "$BENCH_DIR"/etcd/e*/
+}
+
+# Builds kvnode and kvctl: release with the etcd target, or debug (BENCH_PROFILE=debug) as CI's
+# tests build them, so the smoke run reuses their build.
+bench_build() {
+  local flags=(--release --features raftkv-client/etcd)
+  [ "$BENCH_PROFILE" = release ] || flags=()
+  log "building kvnode and kvctl (cargo build ${flags[*]})"
+  (cd "$ROOT" && cargo build "${flags[@]}" --bin kvnode --bin kvctl) || die "build failed"
+}
+
+# Whether nothing listens on 127.0.0.1:PORT.
+port_free() {
+  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Prints the first base from $1 upwards (in steps of 200) whose ports BASE+1..3 and BASE+101..103
+# are all free, so that a run does not collide with a cluster someone else left on the defaults.
+free_port_base() {
+  local base=$1 try id ok
+  for try in $(seq 0 20); do
+    ok=1
+    for id in 1 2 3; do
+      if ! port_free $((base + try * 200 + id)) || ! port_free $((base + try * 200 + 100 + id)); then
+        ok=0
+        break
+      fi
+    done
+    if [ "$ok" = 1 ]; then
+      echo $((base + try * 200))
+      return 0
+    fi
+  done
+  die "no free ports near $1; set BENCH_PORT_BASE or ETCD_PORT_BASE"
+}
+
+# The client endpoints of the raftkv cluster, comma-separated.
+raftkv_endpoints() {
+  local id list=()
+  for id in 1 2 3; do list+=("127.0.0.1:$((BENCH_PORT_BASE + id))"); done
+  (IFS=,; echo "${list[*]}")
+}
+
+# Starts raftkv node ID (1..3) with its data in BENCH_DIR/raftkv/node-ID; records its pid.
+raftkv_start_node() {
+  local id=$1 peers="" i
+  for i in 1 2 3; do peers+="${peers:+,}$i=127.0.0.1:$((BENCH_PORT_BASE + 100 + i))"; done
+  local client="127.0.0.1:$((BENCH_PORT_BASE + id))" peer="127.0.0.1:$((BENCH_PORT_BASE + 100 + id))"
+  mkdir -p "$BENCH_DIR/raftkv"
+  "$KVNODE" --id "$id" --listen-client "$client" --listen-peer "$peer" --peers "$peers" \
+    --data-dir "$BENCH_DIR/raftkv/node-$id" --initial-cluster-size 3 \
+    --initial-cluster-token bench --log warn >>"$BENCH_DIR/raftkv/node-$id.log" 2>&1 &
+  RAFTKV_PIDS[id]=$!
+  BENCH_PIDS+=("$!")
+}
+
+# Starts the 3-node raftkv cluster on the first free ports from BENCH_PORT_BASE (which it updates).
+raftkv_start() {
+  local id
+  BENCH_PORT_BASE=$(free_port_base "$BENCH_PORT_BASE")
+  for id in 1 2 3; do raftkv_start_node "$id"; done
+}
+
+# Stops raftkv node ID with SIGTERM and waits for it to exit.
+raftkv_stop_node() {
+  local pid=${RAFTKV_PIDS[$1]}
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local kept=() p
+  for p in "${BENCH_PIDS[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+  BENCH_PIDS=("${kept[@]}")
+}
+
+# Waits (up to $2 seconds, default 120) until a linearizable read of KEY ($3) through ENDPOINTS
+# ($1) returns it; without KEY, until a read of a missing key answers "not found" (a leader served
+# it). Prints the seconds waited, measured from $4 (an EPOCHREALTIME; default: now).
+wait_serving() {
+  local endpoints=$1 limit=${2:-120} key=${3:-} start=${4:-$EPOCHREALTIME} rc want=0
+  [ -n "$key" ] || { key="bench-ready-probe"; want=1; }
+  while :; do
+    rc=0
+    "$KVCTL" --endpoints "$endpoints" --timeout 1s get "$key" >/dev/null 2>&1 || rc=$?
+    # 0 found, 1 definite failure (not found, refused), 3 no answer in time.
+    if [ "$rc" -eq "$want" ]; then break; fi
+    if awk -v s="$start" -v n="$EPOCHREALTIME" -v l="$limit" 'BEGIN { exit !(n - s > l) }'; then
+      die "no linearizable read served by $endpoints within ${limit}s"
+    fi
+    sleep 0.05
+  done
+  awk -v s="$start" -v n="$EPOCHREALTIME" 'BEGIN { printf "%.2f\n", n - s }'
+}
+
+# Mean latency of a 4 KiB write + fdatasync, in ms, measured with dd's O_DSYNC in directory $1.
+fsync_latency_ms() {
+  local file="$1/fsync-probe" count=300 seconds
+  seconds=$(dd if=/dev/zero of="$file" bs=4k count=$count oflag=dsync 2>&1 \
+    | awk '/copied/ { for (i = 1; i <= NF; i++) if ($i ~ /^s,?$/) print $(i - 1) }')
+  rm -f "$file"
+  awk -v s="${seconds:-0}" -v n=$count 'BEGIN { printf "%.2f\n", s * 1000 / n }'
+}
+
+# One markdown paragraph describing this machine and this run.
+machine_description() {
+  local cpu mem fs
+  cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+  mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+  fs=$(df -T "$BENCH_DIR" | awk 'NR == 2 { print $2 " on " $1 }')
+  printf '%s, %s cores (%s), %s RAM, Linux %s; data on %s, 4 KiB write+fdatasync %s ms ' \
+    "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "${cpu:-unknown CPU}" "$mem" "$(uname -r)" \
+    "$fs" "$(fsync_latency_ms "$BENCH_DIR")"
+  printf '(mean of 300, dd oflag=dsync); load average before the run %s; git %s%s.\n' \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" "$(git -C "$ROOT" rev-parse --short HEAD)" \
+    "$(git -C "$ROOT" diff --quiet HEAD -- . ':!docs' 2>/dev/null || echo ' (with uncommitted changes)')"
+}
+
+# Replaces the section NAME of docs/benchmarks.md (between its markers) with the contents of file
+# $2; appends the section when the markers are missing. Other sections are left as they are.
+write_section() {
+  local name=$1 body=$2 begin end
+  begin="<!-- $name:begin (generated by scripts/$name.sh; edits here are overwritten) -->"
+  end="<!-- $name:end -->"
+  python3 - "$DOC" "$begin" "$end" "$body" <<'EOF'
+import sys
+doc, begin, end, body = sys.argv[1:]
+text = open(doc, encoding="utf-8").read()
+section = begin + "\n" + open(body, encoding="utf-8").read().rstrip("\n") + "\n" + end
+start = text.find(begin.split(" (")[0])
+stop = text.find(end)
+if start >= 0 and stop > start:
+    text = text[:start] + section + text[stop + len(end):]
+else:
+    text = text.rstrip("\n") + "\n\n" + section + "\n"
+open(doc, "w", encoding="utf-8").write(text)
+EOF
+  log "wrote the $name section of ${DOC#"$ROOT"/}"
+}
