@@ -273,3 +273,58 @@ async fn a_peer_without_pipe_gets_unary_calls() {
         "no append reached a peer without Pipe within {WAIT:?}"
     );
 }
+
+/// A pipe is long-lived, but must not hold a stopping node: once the node's driver is gone (its
+/// queue closed), the service ends open pipes, so the server's graceful drain finishes although
+/// the sender keeps its end open.
+#[tokio::test]
+async fn open_pipes_end_when_the_node_stops() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let cluster = Arc::new(OnceLock::new());
+    cluster.set(CLUSTER.to_string()).expect("set once");
+    let (tx, mut inbox) = mpsc::channel(64);
+    let service = RaftService::new(
+        2,
+        cluster,
+        tx,
+        SnapshotStore::in_memory(),
+        PeerGuards::default(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = Server::builder()
+            .add_service(RaftServer::new(service))
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let (feedback, _reports) = mpsc::channel(1024);
+    let mut transport = Transport::new(
+        CLUSTER.into(),
+        TransportConfig::default(),
+        feedback,
+        SnapshotStore::in_memory(),
+        Metrics::new(),
+    );
+    transport.set_peer(2, &addr);
+    transport.send(append(2, 1));
+    transport.send(heartbeat(2, 1));
+    for _ in 0..2 {
+        let got = timeout(WAIT, inbox.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(Inbound::Message(_)))),
+            "a message did not arrive: {got:?}"
+        );
+    }
+    // The node stops: its driver's queue closes, then the server drains.
+    drop(inbox);
+    let _ = stop.send(());
+    let drained = timeout(WAIT, server).await;
+    assert!(
+        drained.is_ok(),
+        "the server still waited for open pipes {WAIT:?} after the node stopped"
+    );
+    drop(transport);
+}

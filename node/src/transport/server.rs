@@ -162,7 +162,16 @@ impl pb::raft_server::Raft for RaftService {
         req: Request<Streaming<pb::RaftEnvelope>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
         let mut stream = req.into_inner();
-        while let Some(envelope) = stream.next().await {
+        loop {
+            // A pipe lives as long as its sender wants; end it when the driver stops, so that the
+            // server's graceful drain at shutdown does not wait for the peers to close theirs.
+            let envelope = tokio::select! {
+                next = stream.next() => match next {
+                    Some(envelope) => envelope,
+                    None => break,
+                },
+                _ = self.tx.closed() => return Err(Status::unavailable("the node is stopping")),
+            };
             let kind = envelope?
                 .kind
                 .ok_or_else(|| Status::invalid_argument("a raft envelope with no message"))?;
