@@ -25,7 +25,9 @@ step() { printf -- '--- %s\n' "$1"; }
 step "helm lint"
 "$helm" lint --strict "$chart"
 "$helm" lint --strict "$chart" --set exampleCluster.enabled=true \
-  --set metrics.serviceMonitor.enabled=true --set scope=Namespace --set watchNamespace=apps
+  --set metrics.serviceMonitor.enabled=true --set scope=Namespace --set watchNamespace=apps \
+  --set exampleCluster.tls.client.mode=secret --set exampleCluster.tls.client.secretName=certs \
+  --set exampleCluster.tls.client.requireClientCertificate=true
 
 step "helm template | kubernetes-validate --strict (k8s $k8s_version)"
 "$helm" template raftkv "$chart" --namespace raftkv-system --include-crds \

@@ -11,6 +11,10 @@
 //!    answer within `attempt_timeout` forget the cached leader, rotate to the next endpoint and
 //!    retry after an exponential, jittered backoff — until the call's `timeout` runs out.
 //! 4. Anything else is a definite answer and is returned as is.
+//! 5. With TLS (`ClientOptions::tls`) every channel, redirect targets included, dials with the
+//!    same TLS configuration. A failed handshake is retried on the other endpoints like a
+//!    transport error, but once every attempt so far, at least one per endpoint, failed in the
+//!    handshake, the call fails with [`Error::Tls`] at once: waiting would not fix a certificate.
 //!
 //! A write's retries resend the identical request (same session and seq, see `session.rs`), so
 //! retrying is safe; an ABORTED answer to a session write replaces the session.
@@ -102,6 +106,20 @@ impl Caller {
     pub(crate) fn new(endpoints: Vec<String>, options: ClientOptions) -> Result<Self, Error> {
         if endpoints.is_empty() {
             return Err(Error::NoEndpoints);
+        }
+        #[cfg(feature = "tls")]
+        let has_tls = options.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let has_tls = false;
+        if let Some(https) = endpoints
+            .iter()
+            .find(|e| !has_tls && e.trim().starts_with("https://"))
+        {
+            return Err(Error::InvalidEndpoint {
+                endpoint: https.clone(),
+                reason: "https:// needs a TLS configuration (ClientOptions::tls, kvctl --cacert)"
+                    .into(),
+            });
         }
         let connect_to = options
             .connect_to
@@ -205,6 +223,11 @@ impl Caller {
         let mut backoff = options.backoff_initial;
         let mut attempts: u32 = 0;
         let mut redirects_in_a_row: u32 = 0;
+        // TLS failures, and whether any node answered at all: a call that no node answered
+        // and that met a failed handshake fails with the handshake's reason, not a timeout.
+        let mut tls_failures: usize = 0;
+        let mut tls_reason = None;
+        let mut answered = false;
         let mut last_error = String::from("no attempt finished");
         // Set by a redirect: the next attempt goes to the named leader.
         let mut forced = None;
@@ -212,7 +235,10 @@ impl Caller {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(timeout_error(kind, attempts, started.elapsed(), last_error));
+                return Err(match tls_reason {
+                    Some(reason) if !answered => Error::Tls(reason),
+                    _ => timeout_error(kind, attempts, started.elapsed(), last_error),
+                });
             }
             let (index, uri, channel) = self.pick(forced.take());
             let budget = remaining.min(options.attempt_timeout);
@@ -226,7 +252,28 @@ impl Caller {
                     }
                     return Ok(response.into_inner());
                 }
-                Ok(Err(status)) => status,
+                Ok(Err(status)) => match tls_failure(&status) {
+                    Some(reason) => {
+                        tls_failures += 1;
+                        last_error = format!("{uri}: {reason}");
+                        let endpoints = lock(&self.routing).endpoints.len();
+                        if !answered && tls_failures >= endpoints {
+                            return Err(Error::Tls(last_error));
+                        }
+                        tls_reason = Some(last_error.clone());
+                        self.failed(index);
+                        self.pause(&mut backoff, deadline).await;
+                        continue;
+                    }
+                    None => {
+                        // Codes a node sends, as opposed to those of a broken connection.
+                        answered |= !matches!(
+                            status.code(),
+                            Code::Unknown | Code::Internal | Code::Cancelled
+                        );
+                        status
+                    }
+                },
                 Err(_elapsed) => {
                     // No answer in time: the node may be hung or partitioned. Try another one
                     // at once; the attempt itself already took its time.
@@ -408,6 +455,17 @@ fn retry_decision(status: Status) -> RetryDecision {
     }
 }
 
+/// What went wrong in the TLS handshake, if that is why the attempt failed.
+fn tls_failure(status: &Status) -> Option<String> {
+    #[cfg(feature = "tls")]
+    return raftkv_proto::tls::explain(status);
+    #[cfg(not(feature = "tls"))]
+    return {
+        let _ = status;
+        None
+    };
+}
+
 /// The leader address named by a redirect, if the status carries a usable one.
 fn leader_hint(status: &Status) -> Option<String> {
     let value = status
@@ -443,7 +501,9 @@ pub(crate) fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<
     request
 }
 
-/// `host:port` or `http://host:port` as `http://host:port`.
+/// `host:port`, `http://host:port` or `https://host:port` as `http://host:port`: the key the
+/// client knows a node by. Whether it is dialled with TLS is the client's option, not the
+/// scheme's (the TLS is the connector's; tonic's own would refuse `https` without its TLS).
 fn normalize(endpoint: &str) -> Result<String, Error> {
     let endpoint = endpoint.trim();
     let invalid = |reason: &str| Error::InvalidEndpoint {
@@ -453,13 +513,10 @@ fn normalize(endpoint: &str) -> Result<String, Error> {
     if endpoint.is_empty() {
         return Err(invalid("empty"));
     }
-    if endpoint.starts_with("https://") {
-        return Err(invalid(
-            "TLS is not supported by this client yet; use http://",
-        ));
-    }
     let with_scheme = if endpoint.starts_with("http://") {
         endpoint.to_owned()
+    } else if let Some(rest) = endpoint.strip_prefix("https://") {
+        format!("http://{rest}")
     } else {
         format!("http://{endpoint}")
     };
@@ -491,12 +548,16 @@ fn open_channel(uri: &str, options: &ClientOptions) -> Result<Channel, Error> {
             endpoint: uri.to_owned(),
             reason: e.to_string(),
         })?;
-    Ok(raftkv_proto::http2::tune_endpoint(endpoint)
+    let endpoint = raftkv_proto::http2::tune_endpoint(endpoint)
         .connect_timeout(options.connect_timeout)
         .http2_keep_alive_interval(options.keepalive_interval)
         .keep_alive_timeout(options.keepalive_timeout)
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true);
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &options.tls {
+        return Ok(endpoint.connect_with_connector_lazy(tls.connector()));
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 #[cfg(test)]
@@ -515,7 +576,7 @@ mod tests {
         );
         assert!(normalize("").is_err());
         assert!(normalize("127.0.0.1").is_err());
-        assert!(normalize("https://a:1").is_err());
+        assert_eq!(normalize("https://a:1").ok().as_deref(), Some("http://a:1"));
         assert!(normalize("a:1/x").is_err());
     }
 

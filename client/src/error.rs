@@ -56,6 +56,11 @@ pub enum Error {
         /// The last thing that went wrong.
         last_error: String,
     },
+    /// Every attempt failed in the TLS handshake (a wrong CA, an expired certificate, a name the
+    /// certificate does not cover, a missing client certificate). Definite: nothing was sent.
+    /// The message says what to fix.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Any other error status from a server, which retrying would not cure (e.g. UNIMPLEMENTED,
     /// a FAILED_PRECONDITION without a leader to redirect to). Definite.
     #[error("server error ({code:?}): {message}")]

@@ -9,6 +9,7 @@
 //! - `sync`: the poison-tolerant lock helper.
 //! - [`options`]: [`ClientOptions`], timeouts, keepalive, backoff and message size.
 //! - [`error`]: [`Error`], which separates definite failures from unknown outcomes.
+//! - [`tls`] (feature `tls`): [`tls::TlsConfig`], TLS to the nodes' client ports.
 //! - [`local`]: the fixed addresses of a localhost cluster (`kvctl local up`), which are also the
 //!   default endpoints.
 //!
@@ -30,6 +31,8 @@ pub mod local;
 pub mod options;
 mod session;
 mod sync;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use bytes::Bytes;
 pub use client::{CasOutcome, Client, ScanPage, Versioned};

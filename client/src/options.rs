@@ -43,6 +43,10 @@ pub struct ClientOptions {
     /// Applies to configured endpoints, redirects and the leader named by a status. Empty by
     /// default: every address is dialled as named.
     pub connect_to: BTreeMap<String, String>,
+    /// TLS for every channel (feature `tls`): the configured endpoints and the leaders that
+    /// redirects name alike. `None` (the default) dials plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ClientOptions {
@@ -57,6 +61,8 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_millis(500),
             max_message_size: raftkv_proto::MAX_GRPC_MESSAGE_BYTES,
             connect_to: BTreeMap::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

@@ -160,3 +160,55 @@ async fn bench_runs_against_any_endpoint() {
         "{report}"
     );
 }
+
+/// `kvctl certs` makes a CA, node and client certificates that the client library accepts, keeps
+/// keys private, and reuses the CA on a second run (to add a node later).
+#[tokio::test]
+async fn certs_makes_usable_certificates_and_reuses_the_ca() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile_dir();
+    let d = dir.display().to_string();
+    let first = kvctl(&[
+        "--json",
+        "certs",
+        "--dir",
+        &d,
+        "--node",
+        "1=127.0.0.2,kv-0.kv",
+    ])
+    .await;
+    assert_eq!(code(&first), 0, "{first:?}");
+    let json: serde_json::Value = serde_json::from_slice(&first.stdout).expect("JSON output");
+    assert_eq!(json["new_ca"], true);
+    let ca_before = std::fs::read(dir.join("ca.crt")).expect("ca.crt");
+    let mode = std::fs::metadata(dir.join("node-1.key"))
+        .expect("node key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "a key readable by others: {mode:o}");
+    raftkv_client::tls::TlsConfig::from_files(
+        &dir.join("ca.crt"),
+        Some((&dir.join("client.crt"), &dir.join("client.key"))),
+    )
+    .expect("the client certificate and key load");
+
+    let second = kvctl(&["--json", "certs", "--dir", &d, "--node", "2=127.0.0.3"]).await;
+    assert_eq!(code(&second), 0, "{second:?}");
+    let json: serde_json::Value = serde_json::from_slice(&second.stdout).expect("JSON output");
+    assert_eq!(json["new_ca"], false);
+    assert_eq!(
+        std::fs::read(dir.join("ca.crt")).expect("ca.crt"),
+        ca_before
+    );
+    let bad = kvctl(&["certs", "--dir", &d, "--node", "0=127.0.0.1"]).await;
+    assert_eq!(code(&bad), 2, "node id 0: {bad:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir() -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!("kvctl-certs-{}-{nanos}", std::process::id()))
+}

@@ -42,8 +42,8 @@ use raftkv_proto::v1 as pb;
 use raftkv_raft::{CatchUp, NodeId, PeerLog, RawNode};
 use tracing::info;
 
+use crate::config::{NodeConfig, StartError};
 use crate::handle::{MemberState, NodeHandle, NodeStatus};
-use crate::node::{NodeConfig, StartError};
 use crate::storage::{DiskStorage, LogStorage, RecoveredState};
 
 const IDENTITY_FILE: &str = "cluster_id";
@@ -259,30 +259,55 @@ impl PeerView {
 
 /// One lazily connected channel per peer address, kept across rounds: a node asks every half
 /// second for as long as it decides, and must not dial a new connection each time.
+///
+/// With peer TLS, peers are asked over mutual TLS like all peer traffic: the answer that lets a
+/// node bootstrap then comes from a certificate valid for the address asked, not from whoever
+/// answers at it.
 #[derive(Default)]
-struct PeerChannels(BTreeMap<String, tonic::transport::Channel>);
+struct PeerChannels {
+    channels: BTreeMap<String, tonic::transport::Channel>,
+    tls: Option<raftkv_proto::tls::Connector>,
+    log: std::sync::Arc<crate::tls::LogOnce>,
+}
 
 impl PeerChannels {
     fn channel(&mut self, addr: &str) -> Option<tonic::transport::Channel> {
-        if let Some(c) = self.0.get(addr) {
+        if let Some(c) = self.channels.get(addr) {
             return Some(c.clone());
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .ok()?
             .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(1))
-            .connect_lazy();
-        self.0.insert(addr.to_owned(), channel.clone());
+            .timeout(Duration::from_secs(1));
+        let channel = match &self.tls {
+            Some(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+            None => endpoint.connect_lazy(),
+        };
+        self.channels.insert(addr.to_owned(), channel.clone());
         Some(channel)
     }
 }
 
-async fn ask_peer(channel: tonic::transport::Channel) -> Option<PeerView> {
-    let status = pb::cluster_client::ClusterClient::new(channel)
+async fn ask_peer(
+    id: NodeId,
+    channel: tonic::transport::Channel,
+    log: &crate::tls::LogOnce,
+) -> Option<PeerView> {
+    let answer = pb::cluster_client::ClusterClient::new(channel)
         .status(pb::StatusRequest {})
-        .await
-        .ok()?
-        .into_inner();
+        .await;
+    let status = match answer {
+        Ok(response) => response.into_inner(),
+        Err(e) => {
+            // A TLS failure does not heal by asking again: say so, once per peer and reason.
+            if let Some(reason) = raftkv_proto::tls::explain(&e)
+                && log.should_log(&format!("node {id}"), &reason)
+            {
+                tracing::warn!(peer = id, %reason, "cannot ask a peer: TLS refused");
+            }
+            return None;
+        }
+    };
     Some(PeerView { status })
 }
 
@@ -292,20 +317,24 @@ async fn ask_peer(channel: tonic::transport::Channel) -> Option<PeerView> {
 /// peer's address under another id (a misconfigured address, or a port reused by another
 /// cluster's node) must not count towards the quorum that lets this node bootstrap.
 async fn ask_peers(peers: &BTreeMap<NodeId, String>, channels: &mut PeerChannels) -> Vec<PeerView> {
+    let log = channels.log.clone();
     let asks: Vec<_> = peers
         .iter()
         .filter_map(|(&id, addr)| Some((id, channels.channel(addr)?)))
-        .map(|(id, channel)| async move {
-            let view = ask_peer(channel).await?;
-            if view.status.node_id != id {
-                info!(
-                    asked = id,
-                    answered = view.status.node_id,
-                    "a peer answered under another id; its answer is ignored"
-                );
-                return None;
+        .map(|(id, channel)| {
+            let log = log.clone();
+            async move {
+                let view = ask_peer(id, channel, &log).await?;
+                if view.status.node_id != id {
+                    info!(
+                        asked = id,
+                        answered = view.status.node_id,
+                        "a peer answered under another id; its answer is ignored"
+                    );
+                    return None;
+                }
+                Some(view)
             }
-            Some(view)
         })
         .collect();
     crate::task::join_all(asks.into_iter())
@@ -322,6 +351,7 @@ pub(crate) async fn bootstrap_or_join(
     cfg: &NodeConfig,
     storage: &mut DiskStorage,
     handle: &NodeHandle,
+    tls: Option<raftkv_proto::tls::Connector>,
 ) -> Result<(Identity, Option<RecoveredState>), StartError> {
     let mut peers: BTreeMap<NodeId, String> = cfg
         .peers
@@ -333,7 +363,11 @@ pub(crate) async fn bootstrap_or_join(
     let initial = cfg.id <= size;
     let quorum = size / 2 + 1;
     let mut rounds = 0u64;
-    let mut channels = PeerChannels::default();
+    let mut channels = PeerChannels {
+        channels: BTreeMap::new(),
+        tls,
+        log: Default::default(),
+    };
     loop {
         let views = ask_peers(&peers, &mut channels).await;
         // Members the answers name are asked too (a cluster may have grown past --peers).

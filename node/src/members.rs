@@ -98,6 +98,26 @@ pub fn added_learner(e: &raftkv_raft::Entry) -> Option<(NodeId, Result<MemberAdd
     }
 }
 
+/// Learns what an entry teaches about addresses as soon as it is in the log: the one place for
+/// it, whether the driver just appended the entry or the node recovered it from its WAL at start.
+///
+/// Only an AddLearner's addresses are learned this early: the leader replicates to the learner
+/// before the entry commits, and a follower that becomes leader must reach it too. A
+/// `MemberUpdate` is learned when it is applied (the driver checks that its member is still in
+/// the configuration), at start as during a run: a restarted node applies again every committed
+/// entry after its snapshot.
+pub(crate) fn learn_from_log(book: &mut MemberBook, e: &raftkv_raft::Entry) {
+    match added_learner(e) {
+        Some((id, Ok(addrs))) => {
+            book.insert(id, addrs);
+        }
+        Some((id, Err(err))) => {
+            tracing::warn!(node = id, error = %err, "membership change without addresses");
+        }
+        None => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

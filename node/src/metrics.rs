@@ -27,7 +27,10 @@
 //! - `read_lease_seconds` (on the leader: the lease it grants itself, bounded by the shortest
 //!   lease guard its voters report; 0 elsewhere);
 //! - `leader_silence_max_seconds` (the longest a follower went without a message from its leader
-//!   within one term, since the node started).
+//!   within one term, since the node started);
+//! - `tls_certificate_expiry_timestamp_seconds{port}` (`peer` or `client`: when the certificate
+//!   the port serves expires, as Unix time; present only for ports with TLS on, updated when the
+//!   certificate is rotated).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -103,6 +106,12 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// The `port` label of a TLS certificate: `peer` or `client`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PortLabel {
+    port: &'static str,
+}
+
 /// Everything a node counts. Shared (`Arc`) between the driver, transport and services.
 #[derive(Debug)]
 pub struct Metrics {
@@ -128,6 +137,7 @@ pub struct Metrics {
     read_lease: F64Gauge,
     leader_silence_max: F64Gauge,
     leader_silence_max_nanos: AtomicU64,
+    tls_expiry: Family<PortLabel, Gauge<i64>>,
 }
 
 impl Default for Metrics {
@@ -237,6 +247,12 @@ impl Default for Metrics {
             "Longest time this node went without a message from its leader within one term",
             leader_silence_max.clone(),
         );
+        let tls_expiry = Family::<PortLabel, Gauge<i64>>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate served on a port expires, in Unix time",
+            tls_expiry.clone(),
+        );
         Self {
             registry,
             node_id,
@@ -258,6 +274,7 @@ impl Default for Metrics {
             read_lease,
             leader_silence_max,
             leader_silence_max_nanos: AtomicU64::new(0),
+            tls_expiry,
         }
     }
 }
@@ -345,6 +362,13 @@ impl Metrics {
             .fetch_max(nanos, std::sync::atomic::Ordering::Relaxed)
             .max(nanos);
         self.leader_silence_max.set(longest as f64 / 1e9);
+    }
+
+    /// The certificate served on `port` (`peer` or `client`) expires at `unix_seconds`.
+    pub fn set_tls_expiry(&self, port: &'static str, unix_seconds: i64) {
+        self.tls_expiry
+            .get_or_create(&PortLabel { port })
+            .set(unix_seconds);
     }
 
     /// A local snapshot was taken.

@@ -2,7 +2,8 @@
 //!
 //! Ports. The client port serves `Kv`, `Cluster` and the gRPC health service; the peer port serves
 //! `Raft`, `Cluster` (so that peers can ask "which cluster is this?" and members can publish their
-//! addresses) and health. Separate ports let a NetworkPolicy fence the peer port.
+//! addresses) and health. Separate ports let a NetworkPolicy fence the peer port. Either may use
+//! TLS (module `tls`); the optional health port (`listen_health`) is always plain, for probes.
 //!
 //! Start-up order. Storage is opened (the WAL read back) and the identity file read before the
 //! ports open; from the moment they accept a connection, `Cluster.Status` tells the truth about
@@ -11,9 +12,8 @@
 //! decides whether to bootstrap or to join (module `bootstrap`). Raft and Kv traffic is refused
 //! as UNAVAILABLE until the driver runs.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -24,73 +24,28 @@ use raftkv_raft::{Config, InitialState, NodeId, RawNode};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::api::{ClusterService, KvService};
 pub use crate::bootstrap::derive_cluster_id;
 use crate::bootstrap::{
     Origin, bootstrap_or_join, has_state, read_identity, status_on_disk, write_bootstrap_state,
 };
-use crate::driver::{Driver, DriverConfig, DriverError, DriverParts, Observed};
-use crate::entry::{EntryKind, load_snapshot};
+pub use crate::config::{NodeConfig, StartError};
+use crate::driver::{Driver, DriverError, DriverParts, Observed};
+use crate::entry::load_snapshot;
 use crate::handle::NodeHandle;
 use crate::kv::KvStateMachine;
-use crate::members::{MemberAddrs, MemberBook, added_learner};
+use crate::members::{MemberAddrs, MemberBook, learn_from_log};
 use crate::metrics::Metrics;
-use crate::shutdown::{Shutdown, ShutdownSignal};
+use crate::shutdown::ShutdownSignal;
 use crate::storage::{DiskOptions, DiskStorage, LogStorage, StorageThread};
-use crate::transport::{PeerGuards, RaftService, Transport, TransportConfig};
-
-/// Everything a node needs to start.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    /// This node's id (>= 1).
-    pub id: NodeId,
-    /// Address clients reach this node at (as other members and clients will dial it).
-    pub advertise_client: String,
-    /// Address peers reach this node at.
-    pub advertise_peer: String,
-    /// Peer addresses of the other members known at start (`--peers`).
-    pub peers: BTreeMap<NodeId, String>,
-    /// Where the WAL, snapshots and the cluster id live.
-    pub data_dir: PathBuf,
-    /// The initial configuration is `1..=initial_cluster_size`.
-    pub initial_cluster_size: u64,
-    /// Mixed into the cluster id, so that two clusters bootstrapped from the same flags differ.
-    pub initial_cluster_token: String,
-    /// Event-loop tunables.
-    pub driver: DriverConfig,
-    /// Peer connection tunables.
-    pub transport: TransportConfig,
-    /// Seed for election-timeout randomization; `None` draws one from the OS.
-    pub seed: Option<u64>,
-    /// Where to serve Prometheus `/metrics`; `None` = not served.
-    pub listen_metrics: Option<SocketAddr>,
-}
-
-/// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The data directory cannot be used.
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Storage refused to open (corruption is reported with file and offset).
-    #[error(transparent)]
-    Storage(#[from] crate::storage::StorageError),
-    /// The configuration or the state on disk does not make sense.
-    #[error("{0}")]
-    Invalid(String),
-    /// A listener could not be set up.
-    #[error("{0}")]
-    Listen(String),
-}
+use crate::tls::NodeTls;
+use crate::transport::{
+    PeerDirectory, PeerGuards, PeerTls, RaftService, Transport, TransportConfig,
+};
 
 /// A node that is running. Dropping it does not stop it; call [`RunningNode::stop`].
 #[derive(Debug)]
@@ -270,8 +225,15 @@ async fn start_in_span(
     handle.set_status_before_start(before_start);
     let metrics = Metrics::new();
     let guards = PeerGuards::default();
+    let tls = NodeTls::load(&cfg.tls, &metrics)?;
+    let peer_tls = tls.peer_connector().map(|connector| PeerTls {
+        connector,
+        directory: PeerDirectory::default(),
+    });
     let spawned = spawn_servers(
         &cfg,
+        &tls,
+        peer_tls.as_ref().map(|t| t.directory.clone()),
         &handle,
         &metrics,
         &guards,
@@ -317,9 +279,14 @@ async fn start_in_span(
             identity
         }
         None => {
-            let (identity, state) = bootstrap_or_join(&cfg, &mut storage, &handle)
-                .await
-                .map_err(stop_servers)?;
+            let (identity, state) = bootstrap_or_join(
+                &cfg,
+                &mut storage,
+                &handle,
+                peer_tls.as_ref().map(|t| t.connector.clone()),
+            )
+            .await
+            .map_err(stop_servers)?;
             if let Some(state) = state {
                 recovered = state;
             }
@@ -354,8 +321,10 @@ async fn start_in_span(
         kv = snap_kv;
         book.extend(snap_book);
     }
+    // The driver's rule for entries it appends (`members::learn_from_log`); the committed
+    // `MemberUpdate`s are learned when the driver applies them again from the snapshot on.
     for e in &recovered.entries {
-        learn_from_entry(&mut book, e);
+        learn_from_log(&mut book, e);
     }
     // Our own entry in the book is replicated state: the driver publishes it through the log
     // (so that everyone learns our client address), rather than assuming it here.
@@ -398,6 +367,7 @@ async fn start_in_span(
         cluster_id.clone(),
         TransportConfig {
             lease_guard: cfg.driver.lease_guard(),
+            tls: peer_tls,
             ..cfg.transport.clone()
         },
         in_tx.clone(),
@@ -453,6 +423,8 @@ async fn start_in_span(
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the list
 async fn spawn_servers(
     cfg: &NodeConfig,
+    tls: &NodeTls,
+    peer_directory: Option<PeerDirectory>,
     handle: &NodeHandle,
     metrics: &Arc<Metrics>,
     guards: &PeerGuards,
@@ -477,28 +449,24 @@ async fn spawn_servers(
         None => None,
     };
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let mut health_obs = obs_rx;
-    let mut health_stop = shutdown.subscribe();
-    servers.push(crate::task::spawn(async move {
-        loop {
-            let ready = {
-                let o = health_obs.borrow();
-                o.member && o.leader_id != 0
-            };
-            // The overall ("") service is readiness: a member that knows a leader.
-            let status = if ready {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            health_reporter.set_service_status("", status).await;
-            tokio::select! {
-                r = health_obs.changed() => if r.is_err() { break },
-                _ = health_stop.recv() => break,
-            }
-        }
-    }));
+    servers.extend(tls.spawn_reloader(metrics.clone(), shutdown.subscribe()));
+    let (health_service, health_task) = crate::health::readiness(obs_rx, shutdown.subscribe());
+    servers.push(health_task);
+    if let Some(addr) = cfg.listen_health {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Listen(format!("health port {addr}: {e}")))?;
+        let router = Server::builder().add_service(health_service.clone());
+        let stop = shutdown.subscribe();
+        servers.push(crate::tls::serve(
+            router,
+            listener,
+            None,
+            tls.log.clone(),
+            stop,
+            "health",
+        ));
+    }
 
     let kv_service =
         pb::kv_server::KvServer::new(KvService::new(handle.clone()).with_metrics(metrics.clone()))
@@ -507,64 +475,43 @@ async fn spawn_servers(
     let cluster_service = pb::cluster_server::ClusterServer::new(
         ClusterService::new(handle.clone()).with_metrics(metrics.clone()),
     );
-    let raft_service = pb::raft_server::RaftServer::new(RaftService::new(
-        cfg.id,
-        started,
-        in_tx,
-        snapshots,
-        guards.clone(),
-    ))
-    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    servers.push(serve(
+    let mut raft_service = RaftService::new(cfg.id, started, in_tx, snapshots, guards.clone());
+    if let Some(directory) = peer_directory {
+        raft_service = raft_service.with_peer_auth(directory, tls.log.clone());
+    }
+    let raft_service = pb::raft_server::RaftServer::new(raft_service)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    servers.push(crate::tls::serve(
         tune_server(Server::builder())
-            .add_service(kv_service)
-            .add_service(cluster_service.clone())
-            .add_service(health_service.clone()),
+            // With --client-ca, every request must come with a certificate from it.
+            .add_service(InterceptedService::new(kv_service, tls.client_auth()))
+            .add_service(InterceptedService::new(
+                cluster_service.clone(),
+                tls.client_auth(),
+            ))
+            .add_service(InterceptedService::new(
+                health_service.clone(),
+                tls.client_auth(),
+            )),
         client_listener,
+        tls.client.clone(),
+        tls.log.clone(),
         shutdown.subscribe(),
         "client",
     ));
-    servers.push(serve(
+    servers.push(crate::tls::serve(
         tune_server(Server::builder())
             .add_service(raft_service)
             .add_service(cluster_service)
             .add_service(health_service),
         peer_listener,
+        tls.peer.clone(),
+        tls.log.clone(),
         shutdown.subscribe(),
         "peer",
     ));
     Ok((servers, metrics_addr))
-}
-
-fn serve(
-    router: tonic::transport::server::Router,
-    listener: TcpListener,
-    shutdown: Shutdown,
-    name: &'static str,
-) -> JoinHandle<()> {
-    crate::task::spawn(async move {
-        // The server was handed a bound listener, so its own `tcp_nodelay` does not apply:
-        // set it on each accepted socket (see `raftkv_proto::http2`).
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        // `shutdown` is held until the server has drained; a clone tells it to begin.
-        let mut signal = shutdown.clone();
-        let stop = async move { signal.recv().await };
-        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
-            warn!(port = name, error = %e, "server stopped with an error");
-        }
-        drop(shutdown);
-    })
-}
-
-fn learn_from_entry(book: &mut MemberBook, e: &raftkv_raft::Entry) {
-    if let Some((id, Ok(addrs))) = added_learner(e) {
-        book.insert(id, addrs);
-    } else if let raftkv_raft::EntryPayload::Normal(data) = &e.payload
-        && let Ok(EntryKind::MemberUpdate { id, addrs }) = EntryKind::decode(data)
-    {
-        book.insert(id, addrs);
-    }
 }
 
 fn random_seed() -> u64 {

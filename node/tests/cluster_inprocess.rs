@@ -738,6 +738,8 @@ async fn a_deciding_node_asks_its_peers_over_one_connection_each() {
             transport: Default::default(),
             seed: None,
             listen_metrics: None,
+            listen_health: None,
+            tls: Default::default(),
         }
     };
     let a_cfg = config(1, &a_client, &a_peer, [(1, addr(&a_peer)), (2, proxy_addr)]);
@@ -806,6 +808,8 @@ async fn an_answer_under_another_id_does_not_count_towards_bootstrapping() {
         transport: Default::default(),
         seed: None,
         listen_metrics: None,
+        listen_health: None,
+        tls: Default::default(),
     };
     let a_cfg = config(
         1,

@@ -214,6 +214,8 @@ async fn a_bootstrap_interrupted_before_the_raft_state_completes_on_restart() {
         transport: Default::default(),
         seed: Some(1),
         listen_metrics: None,
+        listen_health: None,
+        tls: Default::default(),
     };
     let node = raftkv_node::start_with_listeners(cfg, client, peer)
         .await

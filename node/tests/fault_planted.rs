@@ -33,6 +33,7 @@ async fn assert_caught(bug: &str, workload: Workload, nemesis: Nemesis) {
         name: format!("planted-{bug}"),
         duration: Duration::from_secs(PLANTED_SECONDS),
         planted_bug: Some(bug.to_owned()),
+        tls: false,
         workload,
         nemesis,
     };

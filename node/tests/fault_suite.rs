@@ -6,6 +6,9 @@
 //! - `linearizable_reads_under_faults`: the default fault mix, LINEARIZABLE reads.
 //! - `lease_reads_under_faults`: LEASE reads, with a nemesis that mostly freezes the leader
 //!   (SIGSTOP, and SIGSTOP while cut off from its peers): a lease must not outlive a pause.
+//! - `tls_on_both_ports_under_faults`: the default mix with mutual TLS between peers and TLS
+//!   with client certificates on the client port (one seed unless `FAULT_TLS_SEEDS` says
+//!   otherwise; `FAULT_TLS=1` runs every test of the suite with TLS).
 //!
 //! Knobs: `FAULT_SEEDS` (seeds per test, default 5 each, so 10 in all), `FAULT_SECONDS` (nemesis
 //! time per seed, default 30), `FAULT_SEED=n` (replay one seed's fault schedule),
@@ -19,7 +22,9 @@ mod support;
 use std::time::Instant;
 
 use raftkv_client::Consistency;
-use support::fault::{FaultKind, Nemesis, RunConfig, Workload, run_seed, seconds, seeds};
+use support::fault::{
+    FaultKind, Nemesis, RunConfig, Workload, fresh_seeds, run_seed, seconds, seeds,
+};
 use support::netns::netns_or_skip;
 
 /// The runs of this binary take turns: each is a 3-node cluster on a 2-core machine.
@@ -31,7 +36,11 @@ const DEFAULT_SEEDS: usize = 5;
 const DEFAULT_SECONDS: u64 = 30;
 
 async fn run_all(cfg: RunConfig) {
-    let seeds = seeds(DEFAULT_SEEDS);
+    run_seeds(cfg, seeds(DEFAULT_SEEDS)).await;
+}
+
+/// Runs `seeds` of `cfg` one after another and asserts that none found a violation.
+async fn run_seeds(cfg: RunConfig, seeds: Vec<u64>) {
     println!(
         "[fault] {}: seeds {seeds:?}, {:?} each (replay one with FAULT_SEED=<seed>)",
         cfg.name, cfg.duration
@@ -84,6 +93,7 @@ async fn linearizable_reads_under_faults() {
         name: "linearizable".into(),
         duration: seconds(DEFAULT_SECONDS),
         planted_bug: None,
+        tls: false,
         workload: Workload::default(),
         nemesis: Nemesis::default(),
     })
@@ -102,6 +112,7 @@ async fn lease_reads_under_faults() {
         name: "lease".into(),
         duration: seconds(DEFAULT_SECONDS),
         planted_bug: None,
+        tls: false,
         workload: Workload {
             reads: Consistency::Lease,
             patient_readers_per_group: 2,
@@ -121,5 +132,32 @@ async fn lease_reads_under_faults() {
             ..Nemesis::default()
         },
     })
+    .await;
+}
+
+/// The default fault mix with TLS on both ports: mutual TLS between the peers (every reconnect
+/// after a kill, pause or partition is a new handshake) and client certificates on the client
+/// port.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_on_both_ports_under_faults() {
+    if !netns_or_skip("tls_on_both_ports_under_faults") {
+        return;
+    }
+    let _turn = SERIAL.lock().await;
+    let count = std::env::var("FAULT_TLS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    run_seeds(
+        RunConfig {
+            name: "tls".into(),
+            duration: seconds(DEFAULT_SECONDS),
+            planted_bug: None,
+            tls: true,
+            workload: Workload::default(),
+            nemesis: Nemesis::default(),
+        },
+        fresh_seeds(count),
+    )
     .await;
 }

@@ -1,5 +1,8 @@
 //! `kvnode` refuses flags that make no sense with a clear error and exit code 2, before it opens
-//! a port or touches the data directory.
+//! a port or touches the data directory; TLS files that cannot work stop it at start with a
+//! message naming the file.
+
+mod support;
 
 use std::process::Command;
 
@@ -74,4 +77,74 @@ fn a_zero_tick_is_refused() {
     let (code, err) = run(&["--tick", "0ms"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("at least 1ms"), "{err}");
+}
+
+/// Half of a TLS flag pair is a usage error naming the missing flag, before anything starts.
+#[test]
+fn half_a_tls_flag_pair_is_refused() {
+    for (given, missing) in [
+        (
+            &["--peer-cert", "a.crt", "--peer-ca", "ca.crt"][..],
+            "--peer-key",
+        ),
+        (
+            &["--peer-cert", "a.crt", "--peer-key", "a.key"][..],
+            "--peer-ca",
+        ),
+        (&["--peer-key", "a.key"][..], "--peer-cert"),
+        (&["--client-cert", "a.crt"][..], "--client-key"),
+        (&["--client-key", "a.key"][..], "--client-cert"),
+        (&["--client-ca", "ca.crt"][..], "--client-cert"),
+    ] {
+        let (code, err) = run(given);
+        assert_eq!(code, Some(2), "{given:?}: {err}");
+        assert!(
+            err.contains(missing),
+            "{given:?} should name {missing}: {err}"
+        );
+    }
+}
+
+/// A key that does not belong to its certificate stops the node at start, naming both files; so
+/// does a certificate file that holds no certificate.
+#[test]
+fn a_key_that_does_not_match_its_certificate_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = support::tls::TestPki::new(dir.path(), "flags");
+    let hosts = ["127.0.0.1".to_owned()];
+    let one = pki.issue_node("one", &hosts, 1);
+    let two = pki.issue_node("two", &hosts, 1);
+    let path = |p: &std::path::Path| p.display().to_string();
+    let ca = path(&pki.ca());
+    for port in ["peer", "client"] {
+        let (cert, key) = (format!("--{port}-cert"), format!("--{port}-key"));
+        let mut args = vec![cert.clone(), path(&one.cert), key.clone(), path(&two.key)];
+        if port == "peer" {
+            args.extend(["--peer-ca".to_owned(), ca.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(1), "{port}: {err}");
+        assert!(
+            err.contains("does not belong") && err.contains(&path(&two.key)),
+            "{port}: {err}"
+        );
+    }
+    // The CA where the certificate should be.
+    let (code, err) = run(&[
+        "--client-cert",
+        &path(&pki.ca()),
+        "--client-key",
+        &path(&one.key),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("does not belong"), "{err}");
+    let (code, err) = run(&[
+        "--client-cert",
+        &path(&one.key),
+        "--client-key",
+        &path(&one.key),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no PEM certificate"), "{err}");
 }

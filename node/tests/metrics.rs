@@ -2,7 +2,10 @@
 //! exposition line by line, and checks that every series from the catalogue below is exposed
 //! with its type, help text and label names, and that the series move with the work done. Two
 //! nodes, so that the per-peer series have a sample. Also checks that the exporter answers
-//! garbage with an error and keeps serving.
+//! garbage with an error and keeps serving. A single node with TLS on both ports exports its
+//! certificates' expiry.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -115,6 +118,15 @@ const CATALOGUE: &[(&str, &str, &str, &[&str])] = &[
     ),
 ];
 
+/// Series a node exposes only with TLS on (one sample per port that has it), checked by
+/// `tls_certificate_expiry_is_exported`. Like [`CATALOGUE`], this list only ever grows.
+const TLS_CATALOGUE: &[(&str, &str, &str, &[&str])] = &[(
+    "raftkv_tls_certificate_expiry_timestamp_seconds",
+    "gauge",
+    "When the certificate served on a port expires, in Unix time.",
+    &["port"],
+)];
+
 /// One metric family as declared by its `# TYPE` and `# HELP` lines.
 #[derive(Debug, Default)]
 struct Family {
@@ -205,10 +217,10 @@ fn parse(text: &str) -> Scrape {
     out
 }
 
-/// Checks that every series of [`CATALOGUE`] has a sample, and that its family declares the same
+/// Checks that every series of `catalogue` has a sample, and that its family declares the same
 /// type and help text and its samples carry the same label names.
-fn assert_catalogue(m: &Scrape) {
-    for &(name, kind, help, label_names) in CATALOGUE {
+fn assert_catalogue(m: &Scrape, catalogue: &[(&str, &str, &str, &[&str])]) {
+    for &(name, kind, help, label_names) in catalogue {
         let samples: Vec<&str> = if kind == "histogram" {
             vec!["_bucket", "_sum", "_count"]
                 .into_iter()
@@ -291,6 +303,8 @@ async fn start_cluster(dir: &std::path::Path) -> Vec<RunningNode> {
             transport: Default::default(),
             seed: Some(id),
             listen_metrics: Some("127.0.0.1:0".parse().expect("addr")),
+            listen_health: None,
+            tls: Default::default(),
         };
         // Both at once: each asks the other whether a cluster exists before bootstrapping.
         starting.push(tokio::spawn(raftkv_node::start_with_listeners(
@@ -394,7 +408,7 @@ async fn metrics_are_scraped_and_parsed() {
     let m = scrape(addr).await;
     assert_eq!(m["raftkv_rpc_errors_total{code=\"INVALID_ARGUMENT\"}"], 1.0);
     // Every series has a sample by now (the error counter only after an error).
-    assert_catalogue(&m);
+    assert_catalogue(&m, CATALOGUE);
 
     // Garbage gets an error response and the exporter keeps serving.
     assert!(
@@ -415,4 +429,59 @@ async fn metrics_are_scraped_and_parsed() {
     for node in nodes {
         node.stop().await.expect("stop");
     }
+}
+
+/// With TLS on both ports, each port's certificate expiry is exported, as its `notAfter`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificate_expiry_is_exported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = support::tls::TestPki::new(&dir.path().join("pki"), "metrics");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let files = pki.issue_node("node", &["127.0.0.1".to_owned()], 30);
+    let tls = |ca: Option<std::path::PathBuf>| raftkv_node::tls::TlsFiles {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        ca,
+    };
+    let client = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = |l: &TcpListener| l.local_addr().expect("addr").to_string();
+    let cfg = NodeConfig {
+        id: 1,
+        advertise_client: addr(&client),
+        advertise_peer: addr(&peer),
+        peers: BTreeMap::new(),
+        data_dir: dir.path().join("n1"),
+        initial_cluster_size: 1,
+        initial_cluster_token: "metrics-tls-test".into(),
+        driver: DriverConfig::default(),
+        transport: Default::default(),
+        seed: Some(1),
+        listen_metrics: Some("127.0.0.1:0".parse().expect("addr")),
+        listen_health: None,
+        tls: raftkv_node::tls::TlsOptions {
+            peer: Some(tls(Some(pki.ca()))),
+            client: Some(tls(None)),
+        },
+    };
+    let node = raftkv_node::start_with_listeners(cfg, client, peer)
+        .await
+        .expect("start");
+    let m = scrape(node.metrics_addr().expect("metrics served")).await;
+    assert_catalogue(&m, TLS_CATALOGUE);
+    for port in ["peer", "client"] {
+        let expiry =
+            m[format!("raftkv_tls_certificate_expiry_timestamp_seconds{{port=\"{port}\"}}")
+                .as_str()];
+        // Issued for 30 days from about `before` (the issuing itself takes a moment).
+        let want = before + 30.0 * 86_400.0;
+        assert!(
+            (expiry - want).abs() < 120.0,
+            "{port}: expiry {expiry}, expected about {want}"
+        );
+    }
+    node.stop().await.expect("stop");
 }

@@ -1,10 +1,13 @@
 //! The controller: one reconcile of a KvCluster is observe -> plan -> act -> report.
 //!
-//! - **Observe:** the StatefulSet, the Pods, and every pod's own `Cluster.Status` (asked
-//!   concurrently on its stable DNS name, each with a short timeout).
+//! - **Observe:** the StatefulSet, the Pods, the TLS Secrets (`spec.tls`, [`tlsio`]), and every
+//!   pod's own `Cluster.Status` (asked concurrently on its stable DNS name, over TLS when the
+//!   client port has it, each with a short timeout).
 //! - **Plan:** [`planner::plan`], pure.
 //! - **Act:** leader labels first, in the planner's order (removal before addition), stopping at
-//!   the first failure; then the owned objects by server-side apply with one field manager
+//!   the first failure; then, with `spec.tls.*.auto`, the CA and certificate Secrets (before the
+//!   StatefulSet, so that a pod being added finds its certificate when it starts, announced by an
+//!   Event when anything was issued); then the owned objects by server-side apply with one field manager
 //!   ([`FIELD_MANAGER`]); then the members' volume claims, grown to `spec.storage.size` when it
 //!   grew (announced by an Event); then the one action, announced by an Event.
 //! - **Report:** the status, by server-side apply on the status subresource, skipped when nothing
@@ -34,7 +37,8 @@ use crate::metrics::Metrics;
 use crate::nodes::{NodeApi, NodeError};
 use crate::planner::{self, Action, Plan};
 use crate::resources::{self, CLIENT_PORT, Cluster, INSTANCE_LABEL, PEER_PORT, ROLE_LABEL};
-use crate::{observe, status};
+use crate::tlsio::{self, Dial, TlsError};
+use crate::{observe, podtls, status};
 
 /// The field manager of every object and status the operator writes.
 pub const FIELD_MANAGER: &str = "raftkv-operator";
@@ -54,6 +58,9 @@ pub enum Error {
     /// An object could not be serialized.
     #[error("serialize: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// TLS Secrets could not be read, checked or made.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 impl Error {
@@ -64,6 +71,7 @@ impl Error {
             Error::Node(_) => "node",
             Error::Invalid(_) => "invalid",
             Error::Serialize(_) => "serialize",
+            Error::Tls(_) => "tls",
         }
     }
 }
@@ -172,13 +180,23 @@ async fn reconcile_inner<N: NodeApi>(kvc: &KvCluster, ctx: &Context<N>) -> Resul
         .list(&ListParams::default().labels(&selector))
         .await?
         .items;
-    let answers = join_all(pods.iter().map(|pod| {
+    let tls = match tlsio::observe(&ctx.client, &ns, &name, kvc.spec.tls.as_ref()).await {
+        Ok(t) => t,
+        Err(e) => {
+            if let TlsError::Secret { .. } = &e {
+                publish(ctx, kvc, EventType::Warning, TLS_SECRET, e.to_string()).await;
+            }
+            return Err(e.into());
+        }
+    };
+    let dial = &tls.dial;
+    let answers = join_all(pods.iter().filter(|_| *dial != Dial::NotYet).map(|pod| {
         let pod_name = pod.name_any();
         let addr = format!(
             "{}:{CLIENT_PORT}",
             resources::pod_fqdn(&name, &ns, &pod_name)
         );
-        async move { (pod_name, ctx.nodes.status(&addr).await) }
+        async move { (pod_name, ctx.nodes.status(&addr, dial.tls()).await) }
     }))
     .await;
     let mut statuses = BTreeMap::new();
@@ -212,10 +230,27 @@ async fn reconcile_inner<N: NodeApi>(kvc: &KvCluster, ctx: &Context<N>) -> Resul
     let cluster = match Cluster::from_resource(kvc) {
         Ok(c) => Some(c),
         Err(_) if matches!(plan.action, Action::InitializeStatus { .. }) => None,
-        Err(e) => return Err(Error::Invalid(e)),
+        Err(e) => return Err(Error::Invalid(e.to_string())),
     };
     let mut expanding = None;
     if let (Some(cluster), Some(replicas)) = (&cluster, plan.statefulset_replicas) {
+        if podtls::uses_auto(cluster.spec.tls.as_ref()) {
+            // Every pod that exists or is about to: the larger of the current and next size.
+            let current = statefulset
+                .as_ref()
+                .and_then(|s| s.spec.as_ref()?.replicas)
+                .unwrap_or(0);
+            let pods = u32::try_from(replicas.max(current)).unwrap_or(0);
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let issued =
+                tlsio::apply_auto(&ctx.client, &params, cluster, pods, &tls, now.0.as_second())
+                    .await?;
+            if !issued.is_empty() {
+                ctx.metrics.action(ISSUE_CERTIFICATES);
+                let note = format!("issued certificates: {}", issued.join(", "));
+                publish(ctx, kvc, EventType::Normal, ISSUE_CERTIFICATES, note).await;
+            }
+        }
         apply_owned(ctx, cluster, replicas, statefulset.as_ref()).await?;
         expanding = expand_claims(ctx, cluster, statefulset.as_ref()).await?;
     }
@@ -223,7 +258,7 @@ async fn reconcile_inner<N: NodeApi>(kvc: &KvCluster, ctx: &Context<N>) -> Resul
         publish(ctx, kvc, EventType::Normal, EXPAND_VOLUMES, note.clone()).await;
     }
     if plan.action != Action::None {
-        act(ctx, kvc, &name, &ns, &observed, &plan).await?;
+        act(ctx, kvc, (&name, &ns), &tls.dial, &observed, &plan).await?;
     }
 
     // Report.
@@ -304,6 +339,10 @@ async fn apply_owned<N: NodeApi>(
 
 /// The Event reason and metrics kind of a volume expansion.
 const EXPAND_VOLUMES: &str = "ExpandVolumes";
+/// The Event reason and metrics kind of certificates made or renewed (`auto` TLS).
+const ISSUE_CERTIFICATES: &str = "IssueCertificates";
+/// The Event reason of a TLS Secret that is missing or incomplete.
+const TLS_SECRET: &str = "TLSSecretInvalid";
 
 /// Grows the members' claims to `spec.storage.size` once it is larger than the StatefulSet's
 /// claim template (which is immutable, so it keeps the size of creation): lists the cluster's
@@ -397,11 +436,12 @@ async fn publish<N: NodeApi>(
 async fn act<N: NodeApi>(
     ctx: &Context<N>,
     kvc: &KvCluster,
-    name: &str,
-    ns: &str,
+    (name, ns): (&str, &str),
+    dial: &Dial,
     observed: &planner::Observed,
     plan: &Plan,
 ) -> Result<(), Error> {
+    let tls = dial.tls();
     // Membership changes go to any member; the client follows redirects to the leader, tried first.
     let mut endpoints: Vec<String> = observed
         .pods
@@ -420,6 +460,7 @@ async fn act<N: NodeApi>(
             let host = resources::pod_fqdn(name, ns, &format!("{name}-{ordinal}"));
             ctx.nodes
                 .add_member(
+                    tls,
                     endpoints,
                     *node_id,
                     format!("{host}:{PEER_PORT}"),
@@ -430,12 +471,12 @@ async fn act<N: NodeApi>(
         }
         Action::RemoveMember { node_id } => ctx
             .nodes
-            .remove_member(endpoints, *node_id)
+            .remove_member(tls, endpoints, *node_id)
             .await
             .map_err(Error::from),
         Action::TransferLeader { .. } => ctx
             .nodes
-            .transfer_leader(endpoints)
+            .transfer_leader(tls, endpoints)
             .await
             .map(|_| ())
             .map_err(Error::from),

@@ -75,7 +75,17 @@ pub const GROUP: &str = "raftkv.dev";
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(
-    description = "The desired state of a KvCluster: its size, image, storage, scheduling and Raft tuning."
+    description = "The desired state of a KvCluster: its size, image, storage, scheduling, Raft tuning and TLS.",
+    extend("x-kubernetes-validations" = [
+        {
+            "rule": "(has(self.tls) && has(self.tls.peer)) == (has(oldSelf.tls) && has(oldSelf.tls.peer))",
+            "message": "spec.tls.peer cannot be added or removed after creation: members with and without peer TLS cannot talk to each other"
+        },
+        {
+            "rule": "(has(self.tls) && has(self.tls.client)) == (has(oldSelf.tls) && has(oldSelf.tls.client))",
+            "message": "spec.tls.client cannot be added or removed after creation: during the roll the operator could reach only some of the members"
+        }
+    ])
 )]
 pub struct KvClusterSpec {
     /// Number of members (pods), 1 to 9. An odd count is recommended: an even one tolerates no
@@ -137,6 +147,12 @@ pub struct KvClusterSpec {
     /// and the leader label still follows the leader, so that clients keep reaching it.
     #[serde(default)]
     pub paused: bool,
+
+    /// TLS on the peer port (mutual, between members) and on the client port. Unset: plain
+    /// text, and the NetworkPolicy is the peer port's only fence. Each port is fixed at creation
+    /// (on or off); its certificates can change (a new Secret, or `auto` renewing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 }
 
 fn default_replicas() -> i32 {
@@ -301,6 +317,125 @@ fn default_election_ticks() -> i32 {
 
 fn default_snapshot_entries() -> i32 {
     10_000
+}
+
+/// TLS of the two ports. Certificates come from a Secret (the cert-manager layout: `tls.crt`,
+/// `tls.key`, `ca.crt`) or from the operator (`auto`: a CA per cluster, a certificate per pod,
+/// renewed before expiry). See docs/operator-tls.md.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.peer) || !has(oldSelf.peer) || has(self.peer.auto) == has(oldSelf.peer.auto)",
+        "message": "spec.tls.peer cannot switch between auto and secretName: members trusting different CAs cannot talk to each other"
+    }
+]))]
+pub struct TlsSpec {
+    /// Mutual TLS between members on the peer port: a member accepts a peer only with a
+    /// certificate from the CA that names the peer's stable DNS name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerTls>,
+
+    /// TLS on the client port, optionally requiring client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientTls>,
+}
+
+/// The peer port's certificates: exactly one of `secretName` and `auto`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.secretName) != has(self.auto)", "message": "set exactly one of secretName and auto"}
+]))]
+pub struct PeerTls {
+    /// A Secret of this namespace in the cert-manager layout (`tls.crt`, `tls.key`, `ca.crt`),
+    /// mounted into every pod. Every member presents the same certificate, so it must name every
+    /// member (e.g. `*.<name>-peers.<namespace>.svc.cluster.local`), and members cannot be told
+    /// apart by certificate: use `auto` for one certificate per member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+
+    /// The operator makes a CA for the cluster and one certificate per pod, and renews both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoTls>,
+}
+
+/// The client port's certificates: exactly one of `secretName` and `auto`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.secretName) != has(self.auto)", "message": "set exactly one of secretName and auto"}
+]))]
+pub struct ClientTls {
+    /// A Secret of this namespace in the cert-manager layout (`tls.crt`, `tls.key`, `ca.crt`):
+    /// the server certificate every pod presents on the client port (it must name the client
+    /// Services and every pod), and in `ca.crt` the CA that clients (and, when
+    /// `requireClientCertificate` is set, client certificates) chain to. With
+    /// `requireClientCertificate`, the operator authenticates with the Secret
+    /// `<name>-operator-client-tls` (same layout) of this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+
+    /// The operator makes the certificates, as for the peer port (one CA per cluster), and
+    /// issues itself a client certificate from that CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoTls>,
+
+    /// Refuse clients without a certificate from the CA (`kvnode --client-ca`). Readiness is
+    /// unaffected: with client TLS the kubelet probes kvnode's plain health port (7201).
+    #[serde(default)]
+    pub require_client_certificate: bool,
+}
+
+/// Certificates made and renewed by the operator. No settings yet: the object's presence is
+/// the choice.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct AutoTls {}
+
+/// Where one port's certificates come from, once validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertSource<'a> {
+    /// A Secret in the cert-manager layout.
+    Secret(&'a str),
+    /// The operator's CA and per-pod certificates.
+    Auto,
+}
+
+/// A TLS setting the CRD's rules should have refused (an API server without CEL, or a
+/// manifest given to `kv-operator render`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.tls.{port}: set exactly one of secretName and auto")]
+pub struct TlsSpecError {
+    /// `peer` or `client`.
+    pub port: &'static str,
+}
+
+fn source<'a>(
+    port: &'static str,
+    secret_name: Option<&'a str>,
+    auto: Option<AutoTls>,
+) -> Result<CertSource<'a>, TlsSpecError> {
+    match (secret_name, auto) {
+        (Some(name), None) if !name.is_empty() => Ok(CertSource::Secret(name)),
+        (None, Some(_)) => Ok(CertSource::Auto),
+        _ => Err(TlsSpecError { port }),
+    }
+}
+
+impl PeerTls {
+    /// Where the peer certificates come from.
+    pub fn source(&self) -> Result<CertSource<'_>, TlsSpecError> {
+        source("peer", self.secret_name.as_deref(), self.auto)
+    }
+}
+
+impl ClientTls {
+    /// Where the client port's certificates come from.
+    pub fn source(&self) -> Result<CertSource<'_>, TlsSpecError> {
+        source("client", self.secret_name.as_deref(), self.auto)
+    }
 }
 
 /// What the operator last observed of a KvCluster, and what it is doing about it.

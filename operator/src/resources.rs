@@ -39,6 +39,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{KvCluster, KvClusterSpec};
+use crate::podtls;
 
 /// The client port: `Kv`, `Cluster` and the gRPC health service.
 pub const CLIENT_PORT: i32 = 7001;
@@ -90,26 +91,43 @@ pub struct Cluster {
     pub initial_replicas: i32,
 }
 
+/// Why a KvCluster cannot be built on yet (see [`Cluster::from_resource`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotBuildable {
+    /// No `metadata.name`.
+    #[error("the KvCluster has no name")]
+    NoName,
+    /// No `metadata.namespace`: never stored by an API server.
+    #[error("the KvCluster has no namespace")]
+    NoNamespace,
+    /// No `metadata.uid`: never stored by an API server.
+    #[error("the KvCluster has no UID")]
+    NoUid,
+    /// The first reconcile has not frozen `status.initialReplicas` yet.
+    #[error("status.initialReplicas is not set yet")]
+    NoInitialReplicas,
+    /// `spec.tls` names no source, or two, for a port (the CRD's CEL rule says the same).
+    #[error(transparent)]
+    Tls(#[from] crate::crd::TlsSpecError),
+}
+
 impl Cluster {
     /// The facts of `kvc`, or why it cannot be built on yet (no namespace or UID: it was never
     /// stored by an API server; no `initialReplicas`: the first reconcile has not frozen it yet).
-    pub fn from_resource(kvc: &KvCluster) -> Result<Cluster, String> {
-        let name = kvc
-            .metadata
-            .name
-            .clone()
-            .ok_or("the KvCluster has no name")?;
+    pub fn from_resource(kvc: &KvCluster) -> Result<Cluster, NotBuildable> {
+        let name = kvc.metadata.name.clone().ok_or(NotBuildable::NoName)?;
         let namespace = kvc
             .metadata
             .namespace
             .clone()
-            .ok_or("the KvCluster has no namespace")?;
-        let uid = kvc.metadata.uid.clone().ok_or("the KvCluster has no UID")?;
+            .ok_or(NotBuildable::NoNamespace)?;
+        let uid = kvc.metadata.uid.clone().ok_or(NotBuildable::NoUid)?;
         let initial_replicas = kvc
             .status
             .as_ref()
             .and_then(|s| s.initial_replicas)
-            .ok_or("status.initialReplicas is not set yet")?;
+            .ok_or(NotBuildable::NoInitialReplicas)?;
+        podtls::validate(kvc.spec.tls.as_ref())?;
         Ok(Cluster {
             name,
             namespace,
@@ -190,7 +208,8 @@ impl Cluster {
         }
     }
 
-    fn metadata(&self, name: String) -> ObjectMeta {
+    /// The metadata of an owned object `name`: namespace, labels, owner reference.
+    pub(crate) fn metadata(&self, name: String) -> ObjectMeta {
         ObjectMeta {
             name: Some(name),
             namespace: Some(self.namespace.clone()),
@@ -295,8 +314,9 @@ pub fn pod_disruption_budget(c: &Cluster, members: i32) -> PodDisruptionBudget {
     }
 }
 
-/// The NetworkPolicy: the peer port only from this cluster's own pods. The peer port has no
-/// authentication yet, and a forged AppendEntries with a high term deposes a leader. The client
+/// The NetworkPolicy: the peer port only from this cluster's own pods. Without `spec.tls.peer`
+/// the peer port has no authentication, and a forged AppendEntries with a high term deposes a
+/// leader; with it, this fence stays as a second wall. The client
 /// and metrics ports stay open to everyone (listing them is required: a policy that selects a pod
 /// for Ingress denies every port it does not allow).
 pub fn network_policy(c: &Cluster) -> NetworkPolicy {
@@ -305,6 +325,11 @@ pub fn network_policy(c: &Cluster) -> NetworkPolicy {
         protocol: Some("TCP".into()),
         end_port: None,
     };
+    let mut open = vec![tcp(CLIENT_PORT), tcp(METRICS_PORT)];
+    if podtls::pod_tls(&c.name, c.spec.tls.as_ref()).client_tls {
+        // The kubelet's readiness probe goes to the plain health port then.
+        open.push(tcp(podtls::HEALTH_PORT));
+    }
     NetworkPolicy {
         metadata: c.metadata(c.headless_service_name()),
         spec: Some(NetworkPolicySpec {
@@ -320,7 +345,7 @@ pub fn network_policy(c: &Cluster) -> NetworkPolicy {
                 },
                 NetworkPolicyIngressRule {
                     from: None,
-                    ports: Some(vec![tcp(CLIENT_PORT), tcp(METRICS_PORT)]),
+                    ports: Some(open),
                 },
             ]),
             egress: None,
@@ -444,21 +469,42 @@ fn container(c: &Cluster) -> Container {
         protocol: Some("TCP".into()),
         ..ContainerPort::default()
     };
+    let tls = podtls::pod_tls(&c.name, c.spec.tls.as_ref());
+    let mut args = node_args(c);
+    args.extend(tls.args);
+    let mut volume_mounts = vec![VolumeMount {
+        name: DATA_VOLUME.into(),
+        mount_path: DATA_DIR.into(),
+        ..VolumeMount::default()
+    }];
+    volume_mounts.extend(tls.mounts);
+    // Readiness is the overall gRPC health status (a member that knows a leader). The kubelet's
+    // gRPC probe speaks plain text only, so with client TLS on it asks kvnode's plain health
+    // port instead of the client port.
+    let health_port = if tls.client_tls {
+        podtls::HEALTH_PORT
+    } else {
+        CLIENT_PORT
+    };
+    let mut ports = vec![
+        cport("client", CLIENT_PORT),
+        cport("peer", PEER_PORT),
+        cport("metrics", METRICS_PORT),
+    ];
+    if tls.client_tls {
+        ports.push(cport("health", podtls::HEALTH_PORT));
+    }
     Container {
         name: CONTAINER.into(),
         image: Some(c.spec.image.clone()),
         image_pull_policy: c.spec.image_pull_policy.map(|p| p.as_str().to_string()),
-        args: Some(node_args(c)),
-        ports: Some(vec![
-            cport("client", CLIENT_PORT),
-            cport("peer", PEER_PORT),
-            cport("metrics", METRICS_PORT),
-        ]),
+        args: Some(args),
+        env: (!tls.env.is_empty()).then_some(tls.env),
+        ports: Some(ports),
         resources: c.spec.resources.clone(),
-        // Readiness is the overall gRPC health status: a member that knows a leader.
         readiness_probe: Some(Probe {
             grpc: Some(GRPCAction {
-                port: CLIENT_PORT,
+                port: health_port,
                 service: None,
             }),
             period_seconds: Some(5),
@@ -480,11 +526,7 @@ fn container(c: &Cluster) -> Container {
             failure_threshold: Some(6),
             ..Probe::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.into(),
-            mount_path: DATA_DIR.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(volume_mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -505,8 +547,10 @@ fn container(c: &Cluster) -> Container {
 /// policy.
 pub fn statefulset(c: &Cluster, replicas: i32) -> StatefulSet {
     let spec = &c.spec;
+    let volumes = podtls::pod_tls(&c.name, spec.tls.as_ref()).volumes;
     let pod_spec = PodSpec {
         containers: vec![container(c)],
+        volumes: (!volumes.is_empty()).then_some(volumes),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
         affinity: Some(spec.affinity.clone().unwrap_or_else(|| default_affinity(c))),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
@@ -653,6 +697,7 @@ mod tests {
             priority_class_name: None,
             tuning: Tuning::default(),
             paused: false,
+            tls: None,
         }
     }
 
@@ -928,7 +973,7 @@ mod tests {
         kvc.metadata.uid = Some("0b6f5a6e-uid".into());
         assert_eq!(
             Cluster::from_resource(&kvc),
-            Err("status.initialReplicas is not set yet".to_string())
+            Err(NotBuildable::NoInitialReplicas)
         );
         kvc.status = Some(crate::crd::KvClusterStatus {
             initial_replicas: Some(3),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -149,19 +149,25 @@ async fn run_controller(
     leading: &watch::Receiver<bool>,
     mut signalled: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
-    let (kvclusters, statefulsets, pods): (Api<KvCluster>, Api<StatefulSet>, Api<Pod>) =
-        match &opts.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
+    let (kvclusters, statefulsets, pods, secrets): (
+        Api<KvCluster>,
+        Api<StatefulSet>,
+        Api<Pod>,
+        Api<Secret>,
+    ) = match &opts.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -192,7 +198,10 @@ async fn run_controller(
 
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=raftkv-operator");
     Controller::new(kvclusters, watcher::Config::default())
-        .owns(statefulsets, managed)
+        .owns(statefulsets, managed.clone())
+        // The `auto` TLS Secrets: one deleted by hand is made again at once, not at the next
+        // re-check. Only the operator's own (by label) are watched and cached.
+        .owns(secrets, managed)
         // Pods are owned by the StatefulSet, not the KvCluster: map them back by their label.
         .watches(
             pods,

@@ -15,7 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use raftkv_operator::controller::{Context, error_policy, reconcile};
 use raftkv_operator::crd::{KvCluster, KvClusterStatus};
 use raftkv_operator::metrics::Metrics;
-use raftkv_operator::nodes::{NodeApi, NodeError};
+use raftkv_operator::nodes::{NodeApi, NodeError, NodeTls};
 use raftkv_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -29,10 +29,17 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 struct FakeNodes {
     statuses: BTreeMap<String, pb::StatusResponse>,
     calls: Mutex<Vec<String>>,
+    /// The TLS material of the last call (`Some(None)`: plain text).
+    tls: Mutex<Option<Option<NodeTls>>>,
 }
 
 impl NodeApi for FakeNodes {
-    async fn status(&self, addr: &str) -> Result<pb::StatusResponse, NodeError> {
+    async fn status(
+        &self,
+        addr: &str,
+        tls: Option<&NodeTls>,
+    ) -> Result<pb::StatusResponse, NodeError> {
+        self.record_tls(tls);
         self.statuses
             .get(addr)
             .cloned()
@@ -40,28 +47,45 @@ impl NodeApi for FakeNodes {
     }
     async fn add_member(
         &self,
+        tls: Option<&NodeTls>,
         endpoints: Vec<String>,
         node_id: u64,
         peer_addr: String,
         client_addr: String,
     ) -> Result<(), NodeError> {
+        self.record_tls(tls);
         self.record(format!(
             "add_member {node_id} {peer_addr} {client_addr} via {}",
             endpoints[0]
         ));
         Ok(())
     }
-    async fn remove_member(&self, endpoints: Vec<String>, node_id: u64) -> Result<(), NodeError> {
+    async fn remove_member(
+        &self,
+        tls: Option<&NodeTls>,
+        endpoints: Vec<String>,
+        node_id: u64,
+    ) -> Result<(), NodeError> {
+        self.record_tls(tls);
         self.record(format!("remove_member {node_id} via {}", endpoints[0]));
         Ok(())
     }
-    async fn transfer_leader(&self, endpoints: Vec<String>) -> Result<u64, NodeError> {
+    async fn transfer_leader(
+        &self,
+        tls: Option<&NodeTls>,
+        endpoints: Vec<String>,
+    ) -> Result<u64, NodeError> {
+        self.record_tls(tls);
         self.record(format!("transfer_leader via {}", endpoints[0]));
         Ok(2)
     }
 }
 
 impl FakeNodes {
+    /// Remembers the TLS material of every call (the last one wins).
+    fn record_tls(&self, tls: Option<&NodeTls>) {
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(tls.cloned());
+    }
     fn record(&self, call: String) {
         self.calls
             .lock()
@@ -325,7 +349,7 @@ fn healthy_nodes(n: u64, leader: u64, term: u64) -> FakeNodes {
         .collect();
     FakeNodes {
         statuses,
-        calls: Mutex::default(),
+        ..FakeNodes::default()
     }
 }
 
@@ -894,4 +918,262 @@ async fn storage_growth_expands_every_smaller_claim_once_and_reports_it() {
         bodies[9]["status"]["currentAction"],
         "3 members, demo-0 leads"
     );
+}
+
+fn get_secret(name: &str, answer: Answer, code: u16) -> Expect {
+    Expect {
+        method: "GET",
+        uri: format!("/api/v1/namespaces/ns/secrets/{name}"),
+        code,
+        answer,
+    }
+}
+
+/// A KvCluster with both ports' certificates made by the operator, client certificates required.
+fn auto_tls(mut k: KvCluster) -> KvCluster {
+    k.spec.tls = Some(
+        serde_json::from_value(json!({
+            "peer": {"auto": {}},
+            "client": {"auto": {}, "requireClientCertificate": true}
+        }))
+        .expect("tls"),
+    );
+    k
+}
+
+fn secret_keys(body: &Value) -> Vec<String> {
+    body["data"]
+        .as_object()
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn secret_text(body: &Value, key: &str) -> String {
+    use k8s_openapi::api::core::v1::Secret;
+    let secret: Secret = serde_json::from_value(body.clone()).expect("a Secret");
+    let bytes = secret
+        .data
+        .and_then(|d| d.get(key).cloned())
+        .unwrap_or_else(|| panic!("{key} in {body}"));
+    String::from_utf8(bytes.0).expect("PEM text")
+}
+
+#[tokio::test]
+async fn auto_tls_issues_certificates_before_the_statefulset_that_mounts_them() {
+    // The second pass of a new cluster: the CA and the three pods' pairs are written, announced,
+    // and only then the StatefulSet, which mounts them and names each pod's own files.
+    let (ctx, handle) = context(FakeNodes::default());
+    let mut expected = vec![
+        get_statefulset(not_found(), 404),
+        list_pods(vec![]),
+        get_secret("demo-tls-ca", not_found(), 404),
+        get_secret("demo-tls", not_found(), 404),
+        apply("/api/v1/namespaces/ns/secrets/demo-tls-ca"),
+        apply("/api/v1/namespaces/ns/secrets/demo-tls"),
+        event(),
+    ];
+    expected.extend(apply_owned());
+    expected.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, expected));
+    let k = auto_tls(kvc(
+        3,
+        Some(KvClusterStatus {
+            initial_replicas: Some(3),
+            ..Default::default()
+        }),
+    ));
+    reconcile(Arc::new(k), ctx.clone())
+        .await
+        .expect("reconciles");
+    let bodies = server.await.expect("verifier");
+
+    let (ca, certs) = (&bodies[4], &bodies[5]);
+    assert_eq!(ca["metadata"]["ownerReferences"][0]["uid"], UID);
+    assert_eq!(certs["metadata"]["ownerReferences"][0]["uid"], UID);
+    assert_eq!(
+        ca["metadata"]["labels"]["app.kubernetes.io/managed-by"], "raftkv-operator",
+        "the operator's watch selects its Secrets by this label"
+    );
+    assert_eq!(
+        secret_keys(ca),
+        ["ca.crt", "ca.key", "operator.crt", "operator.key"]
+    );
+    assert_eq!(
+        secret_keys(certs),
+        [
+            "ca.crt",
+            "demo-0.crt",
+            "demo-0.key",
+            "demo-1.crt",
+            "demo-1.key",
+            "demo-2.crt",
+            "demo-2.key"
+        ]
+    );
+    assert_eq!(secret_text(certs, "ca.crt"), secret_text(ca, "ca.crt"));
+    assert_eq!(bodies[6]["reason"], "IssueCertificates");
+    assert_eq!(
+        bodies[6]["note"],
+        "issued certificates: CA (new), raftkv-operator (new), demo-0 (new), demo-1 (new), demo-2 (new)"
+    );
+
+    let pod = &bodies[12]["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "tls", "secret": {"secretName": "demo-tls", "defaultMode": 0o440}}])
+    );
+    let k = &pod["containers"][0];
+    assert_eq!(
+        k["env"],
+        json!([{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}])
+    );
+    let args = k["args"].as_array().expect("args");
+    for flag in [
+        "--peer-cert=/etc/raftkv/tls/$(POD_NAME).crt",
+        "--peer-key=/etc/raftkv/tls/$(POD_NAME).key",
+        "--peer-ca=/etc/raftkv/tls/ca.crt",
+        "--client-cert=/etc/raftkv/tls/$(POD_NAME).crt",
+        "--client-key=/etc/raftkv/tls/$(POD_NAME).key",
+        "--client-ca=/etc/raftkv/tls/ca.crt",
+    ] {
+        assert!(args.contains(&json!(flag)), "{flag} in {args:?}");
+    }
+    assert_eq!(
+        k["volumeMounts"][1],
+        json!({"name": "tls", "mountPath": "/etc/raftkv/tls", "readOnly": true})
+    );
+    // The kubelet's gRPC probe cannot speak TLS: readiness asks kvnode's plain health port,
+    // which the NetworkPolicy opens like the client port.
+    assert!(args.contains(&json!("--listen-health=0.0.0.0:7201")));
+    assert_eq!(k["readinessProbe"]["grpc"], json!({"port": 7201}));
+    assert_eq!(
+        k["ports"][3],
+        json!({"name": "health", "containerPort": 7201, "protocol": "TCP"})
+    );
+    assert_eq!(
+        bodies[11]["spec"]["ingress"][1]["ports"][2],
+        json!({"port": 7201, "protocol": "TCP"})
+    );
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("raftkv_operator_actions_total{kind=\"IssueCertificates\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn auto_tls_steady_dials_with_the_stored_ca_and_scale_up_issues_the_new_pods_pair_first() {
+    // Certificates as a first pass would store them.
+    let (ctx, handle) = context(FakeNodes::default());
+    let mut expected = vec![
+        get_statefulset(not_found(), 404),
+        list_pods(vec![]),
+        get_secret("demo-tls-ca", not_found(), 404),
+        get_secret("demo-tls", not_found(), 404),
+        apply("/api/v1/namespaces/ns/secrets/demo-tls-ca"),
+        apply("/api/v1/namespaces/ns/secrets/demo-tls"),
+        event(),
+    ];
+    expected.extend(apply_owned());
+    expected.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, expected));
+    let first = KvClusterStatus {
+        initial_replicas: Some(3),
+        ..Default::default()
+    };
+    reconcile(Arc::new(auto_tls(kvc(3, Some(first)))), ctx)
+        .await
+        .expect("reconciles");
+    let bodies = server.await.expect("verifier");
+    let (ca, certs) = (bodies[4].clone(), bodies[5].clone());
+
+    // A healthy cluster of 3: nothing written, and the nodes are asked over TLS with the CA
+    // bundle and the operator's own certificate.
+    let pods = labelled_pods(3, 0);
+    let (ctx, handle) = context(healthy_nodes(3, 0, 2));
+    let mut expected = vec![
+        get_statefulset(statefulset(3), 200),
+        list_pods(pods.clone()),
+        get_secret("demo-tls-ca", Answer::Json(ca.clone()), 200),
+        get_secret("demo-tls", Answer::Json(certs.clone()), 200),
+    ];
+    expected.extend(apply_owned());
+    expected.push(status_patch());
+    let server = tokio::spawn(serve(handle, expected));
+    reconcile(Arc::new(auto_tls(kvc(3, initialized()))), ctx.clone())
+        .await
+        .expect("reconciles");
+    let bodies = server.await.expect("verifier");
+    assert_eq!(bodies[10]["status"]["phase"], "Available");
+    let dialled = ctx
+        .nodes
+        .tls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(
+        dialled,
+        Some(Some(NodeTls {
+            ca_pem: secret_text(&ca, "ca.crt"),
+            identity: Some(raftkv_operator::certs::KeyedCert {
+                cert_pem: secret_text(&ca, "operator.crt"),
+                key_pem: secret_text(&ca, "operator.key"),
+            }),
+        }))
+    );
+
+    // Asked for 5: the StatefulSet grows to 4, and demo-3's pair is written before it.
+    let (ctx, handle) = context(healthy_nodes(3, 0, 2));
+    let mut expected = vec![
+        get_statefulset(statefulset(3), 200),
+        list_pods(pods),
+        get_secret("demo-tls-ca", Answer::Json(ca.clone()), 200),
+        get_secret("demo-tls", Answer::Json(certs.clone()), 200),
+        apply("/api/v1/namespaces/ns/secrets/demo-tls"),
+        event(),
+    ];
+    expected.extend(apply_owned());
+    expected.extend([event(), status_patch()]);
+    let server = tokio::spawn(serve(handle, expected));
+    reconcile(Arc::new(auto_tls(kvc(5, initialized()))), ctx)
+        .await
+        .expect("reconciles");
+    let bodies = server.await.expect("verifier");
+    assert!(secret_keys(&bodies[4]).contains(&"demo-3.crt".to_string()));
+    for kept in ["demo-0.crt", "demo-2.key", "ca.crt"] {
+        assert_eq!(
+            secret_text(&bodies[4], kept),
+            secret_text(&certs, kept),
+            "{kept} unchanged"
+        );
+    }
+    assert_eq!(bodies[5]["note"], "issued certificates: demo-3 (new)");
+    assert_eq!(bodies[11]["spec"]["replicas"], 4);
+    assert_eq!(bodies[12]["reason"], "ScaleStatefulSet");
+}
+
+#[tokio::test]
+async fn a_missing_tls_secret_is_named_in_an_event_and_the_error() {
+    let (ctx, handle) = context(FakeNodes::default());
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            get_statefulset(statefulset(3), 200),
+            list_pods(labelled_pods(3, 0)),
+            get_secret("peer-certs", not_found(), 404),
+            event(),
+        ],
+    ));
+    let mut k = kvc(3, initialized());
+    k.spec.tls =
+        Some(serde_json::from_value(json!({"peer": {"secretName": "peer-certs"}})).expect("tls"));
+    let err = reconcile(Arc::new(k), ctx)
+        .await
+        .expect_err("no Secret, no pods that can start");
+    let bodies = server.await.expect("verifier");
+    assert_eq!(err.metric_label(), "tls");
+    assert_eq!(err.to_string(), "TLS: Secret ns/peer-certs: not found");
+    assert_eq!(bodies[3]["reason"], "TLSSecretInvalid");
+    assert_eq!(bodies[3]["type"], "Warning");
+    assert_eq!(bodies[3]["note"], "Secret ns/peer-certs: not found");
 }

@@ -266,3 +266,89 @@ fn cel_rules_reject_shrinking_zero_size_class_changes_and_slow_elections() {
         ["the election timeout (tickMillis * electionTicks) must be at most 60 seconds"]
     );
 }
+
+#[test]
+fn tls_takes_exactly_one_source_per_port() {
+    let ex = example();
+    assert_eq!(
+        ex["spec"]["tls"],
+        serde_json::json!({"peer": {"auto": {}}}),
+        "the example has peer TLS on, made by the operator"
+    );
+    let tls = |v: Value| with(&ex, "/spec/tls", v);
+    for ok in [
+        serde_json::json!({"peer": {"secretName": "peer-certs"}}),
+        serde_json::json!({"peer": {"auto": {}}, "client": {"auto": {}, "requireClientCertificate": true}}),
+        serde_json::json!({"peer": {"auto": {}}, "client": {"secretName": "client-certs"}}),
+    ] {
+        assert_eq!(cel(&tls(ok.clone()), None), Vec::<String>::new(), "{ok}");
+    }
+    let one = "set exactly one of secretName and auto";
+    assert_eq!(cel(&tls(serde_json::json!({"peer": {}})), None), [one]);
+    assert_eq!(
+        cel(
+            &tls(serde_json::json!({"peer": {"auto": {}, "secretName": "x"}})),
+            None
+        ),
+        [one]
+    );
+    assert_eq!(
+        cel(
+            &tls(
+                serde_json::json!({"peer": {"auto": {}}, "client": {"requireClientCertificate": true}})
+            ),
+            None
+        ),
+        [one]
+    );
+    // An empty Secret name is refused by the schema's bounds before any rule runs.
+    let peer = &schema()["properties"]["spec"]["properties"]["tls"]["properties"]["peer"];
+    assert_eq!(peer["properties"]["secretName"]["minLength"], 1);
+}
+
+#[test]
+fn tls_cannot_be_turned_on_or_off_or_change_peer_mode_after_creation() {
+    let ex = example();
+    let plain = {
+        let mut v = ex.clone();
+        v["spec"].as_object_mut().map(|s| s.remove("tls"));
+        v
+    };
+    let peer_msg = "spec.tls.peer cannot be added or removed after creation: members with and without peer TLS cannot talk to each other";
+    assert_eq!(cel(&ex, Some(&plain)), [peer_msg]);
+    assert_eq!(cel(&plain, Some(&ex)), [peer_msg]);
+    assert_eq!(cel(&plain, Some(&plain)), Vec::<String>::new());
+
+    let with_client = with(
+        &ex,
+        "/spec/tls",
+        serde_json::json!({"peer": {"auto": {}}, "client": {"auto": {}, "requireClientCertificate": false}}),
+    );
+    assert_eq!(
+        cel(&with_client, Some(&ex)),
+        [
+            "spec.tls.client cannot be added or removed after creation: during the roll the operator could reach only some of the members"
+        ]
+    );
+    // Requiring client certificates later is a setting, not a switch of TLS.
+    let required = with(
+        &with_client,
+        "/spec/tls/client/requireClientCertificate",
+        true.into(),
+    );
+    assert_eq!(cel(&required, Some(&with_client)), Vec::<String>::new());
+
+    let from_secret = with(
+        &ex,
+        "/spec/tls",
+        serde_json::json!({"peer": {"secretName": "certs"}}),
+    );
+    assert_eq!(
+        cel(&from_secret, Some(&ex)),
+        [
+            "spec.tls.peer cannot switch between auto and secretName: members trusting different CAs cannot talk to each other"
+        ]
+    );
+    let other_secret = with(&from_secret, "/spec/tls/peer/secretName", "certs-2".into());
+    assert_eq!(cel(&other_secret, Some(&from_secret)), Vec::<String>::new());
+}

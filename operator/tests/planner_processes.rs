@@ -16,17 +16,16 @@
 //! StatefulSet shrinks), every pod replaced with the leader last, and 3 -> 4 again over the
 //! retained volume of a removed member (added back as a learner).
 //!
-//! The `kvnode` binary is not a binary of this package (no `CARGO_BIN_EXE_kvnode`): it is taken
-//! from the target directory of this test executable and built there with `$CARGO build -p
-//! raftkv-node --bin kvnode` if missing. Set `PLANNER_TRACE=1` to print every plan.
+//! The `kvnode` binary comes from this test executable's target directory (support/processes.rs).
+//! Set `PLANNER_TRACE=1` to print every plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -40,6 +39,10 @@ use raftkv_operator::planner::{
     Plan, plan, settle_ms,
 };
 use raftkv_operator::resources::{Cluster, SHUTDOWN_TIMEOUT_SECONDS, node_args};
+
+#[path = "support/processes.rs"]
+mod processes;
+use processes::{kvnode, reserve_ports};
 use tempfile::TempDir;
 use todc_utils::specifications::register::{RegisterOperation, RegisterSpecification};
 use todc_utils::{Action as TodcAction, History, WGLChecker};
@@ -53,50 +56,6 @@ const DEADLINE: Duration = Duration::from_secs(300);
 
 /// How long a started process may take to answer `Cluster.Status`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The `kvnode` of this worktree's target directory, built once if it is missing.
-fn kvnode() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        // target/debug/deps/planner_processes-<hash> -> target/debug/kvnode
-        let exe = std::env::current_exe().expect("the test executable's path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable lives in <target>/<profile>/deps");
-        let path = dir.join(format!("kvnode{}", std::env::consts::EXE_SUFFIX));
-        if !path.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            eprintln!(
-                "{} is missing: running `{cargo} build -p raftkv-node --bin kvnode`",
-                path.display()
-            );
-            let status = Command::new(&cargo)
-                .args(["build", "-p", "raftkv-node", "--bin", "kvnode"])
-                .status()
-                .unwrap_or_else(|e| panic!("could not run `{cargo} build`: {e}"));
-            assert!(
-                status.success() && path.exists(),
-                "`{cargo} build -p raftkv-node --bin kvnode` did not produce {} ({status}); \
-                 build it by hand and run the test again",
-                path.display()
-            );
-        }
-        path
-    })
-}
-
-/// Free ports on 127.0.0.1, as the kernel hands them out. Another process could take one before
-/// `kvnode` binds it; a node that fails to start says so in its log, which the panic shows.
-fn reserve_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound address").port())
-        .collect()
-}
 
 /// One pod slot of the fake StatefulSet: fixed ports and a data directory that outlive
 /// restarts (a PVC), and the current process, if any.
@@ -261,7 +220,9 @@ impl FakeStatefulSet {
                     self.log_tail(ordinal)
                 );
             }
-            let status = nodes.status(&self.slots[ordinal].client.to_string()).await;
+            let status = nodes
+                .status(&self.slots[ordinal].client.to_string(), None)
+                .await;
             if status.is_ok_and(|s| s.node_id == ordinal as u64 + 1) {
                 return;
             }
@@ -302,7 +263,7 @@ impl FakeStatefulSet {
             .remove(&ordinal);
         let asked = Instant::now();
         let now = loop {
-            match GrpcNodes::default().status(&client).await {
+            match GrpcNodes::default().status(&client, None).await {
                 Err(e) if had_led && asked.elapsed() < Duration::from_secs(10) => {
                     println!("demo-{ordinal} (a former leader) did not answer: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -380,7 +341,7 @@ impl FakeStatefulSet {
                 continue;
             }
             let status = nodes
-                .status(&slot.client.to_string())
+                .status(&slot.client.to_string(), None)
                 .await
                 .ok()
                 .map(|r| node_status(&r));
@@ -466,10 +427,10 @@ async fn act(set: &mut FakeStatefulSet, nodes: &GrpcNodes, p: &Plan) -> String {
             format!("statefulset {from} -> {to}")
         }
         Action::RemoveMember { node_id } => {
-            let result = nodes.remove_member(endpoints, *node_id).await;
+            let result = nodes.remove_member(None, endpoints, *node_id).await;
             format!("removed member {node_id}{}", failure(result.err()))
         }
-        Action::TransferLeader { from } => match nodes.transfer_leader(endpoints).await {
+        Action::TransferLeader { from } => match nodes.transfer_leader(None, endpoints).await {
             Ok(to) => format!("leadership {from} -> {to}"),
             Err(e) => format!("leadership {from} -> ?{}", failure(Some(e))),
         },
@@ -487,6 +448,7 @@ async fn act(set: &mut FakeStatefulSet, nodes: &GrpcNodes, p: &Plan) -> String {
             let slot = &set.slots[*ordinal as usize];
             let result = nodes
                 .add_member(
+                    None,
                     endpoints,
                     *node_id,
                     slot.peer.to_string(),
@@ -892,7 +854,7 @@ async fn wait_for_voters(set: &FakeStatefulSet, nodes: &GrpcNodes, n: usize) -> 
         let p = plan(&set.observe(nodes, n as i32).await);
         if let Some(leader) = &p.leader {
             let status = nodes
-                .status(&set.slots[leader.id as usize - 1].client.to_string())
+                .status(&set.slots[leader.id as usize - 1].client.to_string(), None)
                 .await;
             if let Ok(s) = status {
                 let voters: Vec<u64> = s

@@ -14,6 +14,8 @@
 //!   refuse the same input with the same words.
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC reflection.
 //! - [`http2`]: TCP_NODELAY and HTTP/2 windows, applied by every channel and server alike.
+//! - `tls` (feature `tls`): PEM identities and CA bundles, the rustls client configuration and the
+//!   tonic connector that the client library and the node's peer dialing share.
 //!
 //! Byte fields are `bytes::Bytes` (re-exported by prost as [`prost::bytes`]).
 
@@ -106,6 +108,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("raft
 
 pub use prost;
 pub use tonic;
+
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use raftkv_node::discovery::Discovery;
+use raftkv_node::discovery::{Discovery, DiscoveryError};
+use raftkv_node::tls::{TlsFiles, TlsOptions};
 use raftkv_node::transport::TransportConfig;
 use raftkv_node::{DriverConfig, NodeConfig};
 use tracing::{error, info, warn};
@@ -116,54 +117,110 @@ struct Args {
     #[arg(long, hide = true, value_parser = parse_duration)]
     test_slow_start: Option<Duration>,
 
+    /// Address to serve only the gRPC health service on, always plain TCP: for the kubelet's
+    /// gRPC probes, which cannot speak TLS, when the client port has TLS. Not served when unset.
+    #[arg(long)]
+    listen_health: Option<SocketAddr>,
+
+    /// Mutual TLS on the peer port: this node's certificate (PEM), presented to peers both when
+    /// serving and when dialing. It must be valid for the host of --advertise-peer.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_key", "peer_ca"])]
+    peer_cert: Option<PathBuf>,
+
+    /// The private key of --peer-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "peer_cert")]
+    peer_key: Option<PathBuf>,
+
+    /// The CA (PEM) that peers' certificates must chain to.
+    #[arg(long, value_name = "FILE", requires = "peer_cert")]
+    peer_ca: Option<PathBuf>,
+
+    /// TLS on the client port: this node's certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+
+    /// The private key of --client-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+
+    /// Require client certificates that chain to this CA (PEM) on the client port.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_ca: Option<PathBuf>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or raftkv_node=debug.
     #[arg(long, default_value = "info")]
     log: String,
 }
 
-fn parse_peer(s: &str) -> Result<(u64, String), String> {
+/// Why a flag's value, or the node's identity derived from the flags, is refused. clap prints it
+/// after the flag's name and exits with code 2.
+#[derive(Debug, thiserror::Error)]
+enum FlagError {
+    #[error("{0:?} is not id=host:port")]
+    NotAPeer(String),
+    #[error("{0:?} is not a node id")]
+    NotANodeId(String),
+    #[error("node id 0 is reserved")]
+    ReservedNodeId,
+    #[error("{0:?} is not host:port")]
+    NotHostPort(String),
+    #[error("{0:?}: a tick must be at least 1ms")]
+    TickTooShort(String),
+    #[error("{0:?} is not a duration")]
+    NotADuration(String),
+    #[error("{0:?}: use ms, s or m")]
+    UnknownUnit(String),
+    #[error("--id is required (or use --discovery dns:<headless-service>)")]
+    MissingId,
+    #[error("cannot tell this machine's hostname; pass --hostname")]
+    NoHostname,
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), FlagError> {
     let (id, addr) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not id=host:port"))?;
+        .ok_or_else(|| FlagError::NotAPeer(s.to_string()))?;
     let id: u64 = id
         .trim()
         .parse()
-        .map_err(|_| format!("{id:?} is not a node id"))?;
+        .map_err(|_| FlagError::NotANodeId(id.to_string()))?;
     if id == 0 {
-        return Err("node id 0 is reserved".into());
+        return Err(FlagError::ReservedNodeId);
     }
     let addr = addr.trim();
     if addr
         .rsplit_once(':')
         .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
     {
-        return Err(format!("{addr:?} is not host:port"));
+        return Err(FlagError::NotHostPort(addr.to_string()));
     }
     Ok((id, addr.to_string()))
 }
 
 /// A tick: a duration of at least a millisecond (a zero tick would spin the event loop).
-fn parse_tick(s: &str) -> Result<Duration, String> {
+fn parse_tick(s: &str) -> Result<Duration, FlagError> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(1) {
-        return Err(format!("{s:?}: a tick must be at least 1ms"));
+        return Err(FlagError::TickTooShort(s.to_string()));
     }
     Ok(d)
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> Result<Duration, FlagError> {
     let s = s.trim();
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, "s"), |i| s.split_at(i));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration"))?;
+        .map_err(|_| FlagError::NotADuration(s.to_string()))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: use ms, s or m")),
+        _ => Err(FlagError::UnknownUnit(s.to_string())),
     }
 }
 
@@ -213,13 +270,11 @@ fn main() -> ExitCode {
 }
 
 /// The node's id, peers and advertised addresses, from the flags and the discovery mode.
-fn identity(args: &Args) -> Result<(u64, BTreeMap<u64, String>, String, String), String> {
+fn identity(args: &Args) -> Result<(u64, BTreeMap<u64, String>, String, String), FlagError> {
     let mut peers: BTreeMap<u64, String> = args.peers.iter().cloned().collect();
     match &args.discovery {
         Discovery::Static => {
-            let id = args
-                .id
-                .ok_or("--id is required (or use --discovery dns:<headless-service>)")?;
+            let id = args.id.ok_or(FlagError::MissingId)?;
             let advertise_client = args
                 .advertise_client
                 .clone()
@@ -236,7 +291,7 @@ fn identity(args: &Args) -> Result<(u64, BTreeMap<u64, String>, String, String),
                 .hostname
                 .clone()
                 .or_else(raftkv_node::discovery::local_hostname)
-                .ok_or("cannot tell this machine's hostname; pass --hostname")?;
+                .ok_or(FlagError::NoHostname)?;
             let plan = raftkv_node::discovery::dns_plan(
                 &hostname,
                 service,
@@ -293,6 +348,19 @@ async fn run(args: Args) -> ExitCode {
         },
         seed: None,
         listen_metrics: args.listen_metrics,
+        listen_health: args.listen_health,
+        tls: TlsOptions {
+            peer: args.peer_cert.map(|cert| TlsFiles {
+                cert,
+                key: args.peer_key.unwrap_or_default(),
+                ca: args.peer_ca,
+            }),
+            client: args.client_cert.map(|cert| TlsFiles {
+                cert,
+                key: args.client_key.unwrap_or_default(),
+                ca: args.client_ca,
+            }),
+        },
     };
     let mut node = match raftkv_node::start(cfg, args.listen_client, args.listen_peer).await {
         Ok(n) => n,

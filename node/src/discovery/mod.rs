@@ -15,6 +15,29 @@ use std::str::FromStr;
 
 use raftkv_raft::NodeId;
 
+/// Why a `--discovery` flag, a pod's hostname or a DNS plan is not usable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    /// `--discovery` is neither `static` nor `dns:<name>`.
+    #[error("{0:?}: expected static or dns:<headless-service-fqdn>")]
+    UnknownMode(String),
+    /// The service of `dns:<name>` is not a DNS name.
+    #[error("{0:?} is not a DNS name")]
+    NotADnsName(String),
+    /// The hostname has no `-<ordinal>` suffix.
+    #[error("hostname {0:?} is not <statefulset>-<ordinal>; pass --id")]
+    NoOrdinal(String),
+    /// The hostname's suffix after the last `-` is not a number.
+    #[error("hostname {0:?} does not end in a numeric ordinal; pass --id")]
+    NonNumericOrdinal(String),
+    /// Nothing usable before the ordinal.
+    #[error("hostname {0:?} has no StatefulSet name")]
+    NoSetName(String),
+    /// An initial cluster of no members.
+    #[error("--initial-cluster-size must be at least 1")]
+    NoInitialMembers,
+}
+
 /// How a node finds its peers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Discovery {
@@ -28,20 +51,18 @@ pub enum Discovery {
 }
 
 impl FromStr for Discovery {
-    type Err = String;
+    type Err = DiscoveryError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "static" {
             return Ok(Discovery::Static);
         }
         let Some(service) = s.strip_prefix("dns:") else {
-            return Err(format!(
-                "{s:?}: expected static or dns:<headless-service-fqdn>"
-            ));
+            return Err(DiscoveryError::UnknownMode(s.to_string()));
         };
         let service = service.trim_end_matches('.');
         if !is_dns_name(service) {
-            return Err(format!("{service:?} is not a DNS name"));
+            return Err(DiscoveryError::NotADnsName(service.to_string()));
         }
         Ok(Discovery::Dns {
             service: service.to_string(),
@@ -74,16 +95,16 @@ pub struct PodIdentity {
 
 impl PodIdentity {
     /// Parses `kv-2` (or `kv-2.anything`): the last `-` separates the set name from the ordinal.
-    pub fn from_hostname(hostname: &str) -> Result<Self, String> {
+    pub fn from_hostname(hostname: &str) -> Result<Self, DiscoveryError> {
         let host = hostname.split('.').next().unwrap_or_default();
-        let (set, ordinal) = host.rsplit_once('-').ok_or_else(|| {
-            format!("hostname {hostname:?} is not <statefulset>-<ordinal>; pass --id")
-        })?;
-        let ordinal: u64 = ordinal.parse().map_err(|_| {
-            format!("hostname {hostname:?} does not end in a numeric ordinal; pass --id")
-        })?;
+        let (set, ordinal) = host
+            .rsplit_once('-')
+            .ok_or_else(|| DiscoveryError::NoOrdinal(hostname.to_string()))?;
+        let ordinal: u64 = ordinal
+            .parse()
+            .map_err(|_| DiscoveryError::NonNumericOrdinal(hostname.to_string()))?;
         if set.is_empty() || !is_dns_name(set) {
-            return Err(format!("hostname {hostname:?} has no StatefulSet name"));
+            return Err(DiscoveryError::NoSetName(hostname.to_string()));
         }
         Ok(Self {
             set: set.to_string(),
@@ -123,10 +144,10 @@ pub fn dns_plan(
     peer_port: u16,
     client_port: u16,
     initial_cluster_size: u64,
-) -> Result<DnsPlan, String> {
+) -> Result<DnsPlan, DiscoveryError> {
     let pod = PodIdentity::from_hostname(hostname)?;
     if initial_cluster_size == 0 {
-        return Err("--initial-cluster-size must be at least 1".into());
+        return Err(DiscoveryError::NoInitialMembers);
     }
     let me = pod_name(&pod.set, pod.ordinal, service);
     let peers = (0..initial_cluster_size)

@@ -10,14 +10,14 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raftkv_raft::{ConfChange, ConfChangeType, Entry, NO_NODE, NodeId, Role};
-use tracing::{debug, warn};
+use raftkv_raft::{ConfChange, ConfChangeType, NO_NODE, NodeId, Role};
+use tracing::debug;
 
 use super::pending::{MembersReply, Waiter};
 use super::state::Driver;
 use crate::entry::EntryKind;
 use crate::handle::MemberStatus;
-use crate::members::{MemberAddrs, added_learner, encode_context};
+use crate::members::{MemberAddrs, encode_context};
 
 impl Driver {
     pub(super) fn on_add_member(
@@ -125,18 +125,6 @@ impl Driver {
                     debug!(error = %e, "publishing own addresses failed; will retry");
                 }
             });
-        }
-    }
-
-    pub(super) fn learn_addresses(&mut self, e: &Entry) {
-        match added_learner(e) {
-            Some((id, Ok(addrs))) => {
-                self.book.insert(id, addrs);
-            }
-            Some((id, Err(err))) => {
-                warn!(node = id, error = %err, "membership change without addresses")
-            }
-            None => {}
         }
     }
 

@@ -59,6 +59,7 @@ pub(crate) use state::{Driver, DriverParts};
 use crate::entry::EntryKind;
 use crate::error::NodeError;
 use crate::handle::DriverRequest;
+use crate::members::learn_from_log;
 use crate::shutdown::Shutdown;
 use crate::storage::WriteBatch;
 use crate::transport::Inbound;
@@ -208,7 +209,7 @@ impl Driver {
         }
         // Learn member addresses from configuration entries as soon as they are in the log.
         for e in &rd.entries {
-            self.learn_addresses(e);
+            learn_from_log(&mut self.book, e);
         }
 
         // 2. Persist snapshot, entries and hard state with one fsync on the storage thread.

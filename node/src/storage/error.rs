@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use raftkv_raft::{Index, Term};
 
+use crate::codec::DecodeError;
+
 /// A storage result.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
@@ -133,4 +135,38 @@ impl StorageError {
             reason: reason.into(),
         }
     }
+}
+
+/// Why a WAL record whose checksum verified makes no sense where it is: corruption, not a torn
+/// write (the bytes are exactly what was written). Recovery reports it as the `reason` of
+/// [`StorageError::Corrupt`], with the file and offset of the record.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadRecord {
+    /// A record's fields do not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("segment does not start with a header record")]
+    NoHeader,
+    #[error("a header record in the middle of a segment")]
+    HeaderInTheMiddle,
+    #[error("unknown record type {0}")]
+    UnknownKind(u8),
+    #[error("bad segment magic")]
+    BadMagic,
+    #[error("unsupported WAL format version {0}")]
+    UnsupportedVersion(u8),
+    #[error("header says segment {header}, file name says {name}")]
+    SeqMismatch { header: u64, name: u64 },
+    #[error("header says the log ends at {last}, below its snapshot at {snapshot}")]
+    LogBelowSnapshot { last: Index, snapshot: Index },
+    #[error("header disagrees with the state replayed from earlier segments")]
+    HeaderDisagrees,
+    #[error("entry {index} is at or below the snapshot at {snapshot}")]
+    EntryBelowSnapshot { index: Index, snapshot: Index },
+    #[error("snapshot record at {index} is older than the snapshot at {current}")]
+    OlderSnapshot { index: Index, current: Index },
+    #[error("snapshot record keeps the log up to {last}, but the replayed log ends at {log_last}")]
+    KeptLogMismatch { last: Index, log_last: Index },
+    #[error("snapshot record at {index} is below the log's start at {first}")]
+    SnapshotBelowLogStart { index: Index, first: Index },
 }

@@ -9,6 +9,8 @@
 //! of it would look like corruption and keep the node from starting. Stale bytes from an earlier
 //! file on the same disk blocks cannot pass either.
 
+use super::error::BadRecord;
+
 /// Bytes of a frame header (length + CRC).
 pub(crate) const HEADER_LEN: usize = 8;
 
@@ -135,16 +137,16 @@ pub(crate) fn scan(
     buf: &[u8],
     start: usize,
     salt: u32,
-    mut visit: impl FnMut(Frame<'_>) -> Result<(), String>,
+    mut visit: impl FnMut(Frame<'_>) -> Result<(), BadRecord>,
 ) -> ScanEnd {
     let mut pos = start;
     while pos < buf.len() {
         match parse_frame(buf, pos, salt) {
             Ok((frame, next)) => {
-                if let Err(reason) = visit(frame) {
+                if let Err(bad) = visit(frame) {
                     return ScanEnd::Corrupt {
                         offset: pos,
-                        reason,
+                        reason: bad.to_string(),
                     };
                 }
                 pos = next;

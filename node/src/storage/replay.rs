@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use raftkv_raft::{Entry, HardState, Index, SnapshotMeta, Term};
 
 use super::codec::{self, Reader};
-use super::error::{Result, StorageError};
+use super::error::{BadRecord, Result, StorageError};
 use super::fsutil;
 use super::log::{Log, Termed};
 use super::record::{self, ScanEnd};
@@ -75,15 +75,15 @@ impl Replay {
             let mut d = Reader::new(frame.payload);
             if std::mem::take(&mut first) {
                 if frame.kind != KIND_HEADER {
-                    return Err("segment does not start with a header record".into());
+                    return Err(BadRecord::NoHeader);
                 }
                 header_end = Some(offset + (record::HEADER_LEN + 1 + frame.payload.len()) as u64);
                 return self.header(&mut d, name.seq, &path);
             }
             match frame.kind {
                 KIND_ENTRY => {
-                    let entry = codec::get_entry(&mut d).map_err(|e| e.to_string())?;
-                    d.finish().map_err(|e| e.to_string())?;
+                    let entry = codec::get_entry(&mut d)?;
+                    d.finish()?;
                     max_index = max_index.max(entry.index);
                     let loc = EntryLoc {
                         term: entry.term,
@@ -94,19 +94,17 @@ impl Replay {
                     self.entry(entry, loc, &path)
                 }
                 KIND_HARD_STATE => {
-                    self.hard_state = codec::get_hard_state(&mut d).map_err(|e| e.to_string())?;
-                    d.finish().map_err(|e| e.to_string())
+                    self.hard_state = codec::get_hard_state(&mut d)?;
+                    Ok(d.finish()?)
                 }
                 KIND_SNAPSHOT => {
-                    let meta = codec::get_snapshot_meta(&mut d).map_err(|e| e.to_string())?;
-                    let last = d
-                        .varint("snapshot record last index")
-                        .map_err(|e| e.to_string())?;
-                    d.finish().map_err(|e| e.to_string())?;
+                    let meta = codec::get_snapshot_meta(&mut d)?;
+                    let last = d.varint("snapshot record last index")?;
+                    d.finish()?;
                     self.snapshot(meta, last)
                 }
-                KIND_HEADER => Err("a header record in the middle of a segment".into()),
-                kind => Err(format!("unknown record type {kind}")),
+                KIND_HEADER => Err(BadRecord::HeaderInTheMiddle),
+                kind => Err(BadRecord::UnknownKind(kind)),
             }
         });
         let size = match end {
@@ -149,33 +147,34 @@ impl Replay {
         }))
     }
 
-    fn header(&mut self, d: &mut Reader<'_>, seq: u64, path: &Path) -> Result<(), String> {
+    fn header(&mut self, d: &mut Reader<'_>, seq: u64, path: &Path) -> Result<(), BadRecord> {
         let mut magic = [0u8; 4];
         for b in &mut magic {
-            *b = d.u8("segment magic").map_err(|e| e.to_string())?;
+            *b = d.u8("segment magic")?;
         }
         if &magic != WAL_MAGIC {
-            return Err("bad segment magic".into());
+            return Err(BadRecord::BadMagic);
         }
-        let version = d.u8("segment version").map_err(|e| e.to_string())?;
+        let version = d.u8("segment version")?;
         if version != WAL_VERSION {
-            return Err(format!("unsupported WAL format version {version}"));
+            return Err(BadRecord::UnsupportedVersion(version));
         }
-        let header_seq = d.varint("segment seq").map_err(|e| e.to_string())?;
+        let header_seq = d.varint("segment seq")?;
         if header_seq != seq {
-            return Err(format!(
-                "header says segment {header_seq}, file name says {seq}"
-            ));
+            return Err(BadRecord::SeqMismatch {
+                header: header_seq,
+                name: seq,
+            });
         }
-        let snapshot = codec::get_snapshot_meta(d).map_err(|e| e.to_string())?;
-        let hs = codec::get_hard_state(d).map_err(|e| e.to_string())?;
-        let last = d.varint("segment last index").map_err(|e| e.to_string())?;
-        d.finish().map_err(|e| e.to_string())?;
+        let snapshot = codec::get_snapshot_meta(d)?;
+        let hs = codec::get_hard_state(d)?;
+        let last = d.varint("segment last index")?;
+        d.finish()?;
         if last < snapshot.index {
-            return Err(format!(
-                "header says the log ends at {last}, below its snapshot at {}",
-                snapshot.index
-            ));
+            return Err(BadRecord::LogBelowSnapshot {
+                last,
+                snapshot: snapshot.index,
+            });
         }
         if !self.started {
             // The oldest segment left: its header is where replay starts. Entries after the
@@ -194,18 +193,18 @@ impl Replay {
             || hs != self.hard_state
             || last != self.log.last_index()
         {
-            return Err("header disagrees with the state replayed from earlier segments".into());
+            return Err(BadRecord::HeaderDisagrees);
         }
         Ok(())
     }
 
-    fn entry(&mut self, entry: Entry, loc: EntryLoc, path: &Path) -> Result<(), String> {
+    fn entry(&mut self, entry: Entry, loc: EntryLoc, path: &Path) -> Result<(), BadRecord> {
         let index = entry.index;
         if index <= self.snapshot.index {
-            return Err(format!(
-                "entry {index} is at or below the snapshot at {}",
-                self.snapshot.index
-            ));
+            return Err(BadRecord::EntryBelowSnapshot {
+                index,
+                snapshot: self.snapshot.index,
+            });
         }
         let gap = index > self.log.last_index() + 1;
         let below_restart = self.unverified_since.is_some() && index <= self.log.base();
@@ -218,30 +217,29 @@ impl Replay {
         Ok(())
     }
 
-    fn snapshot(&mut self, meta: SnapshotMeta, last: Index) -> Result<(), String> {
+    fn snapshot(&mut self, meta: SnapshotMeta, last: Index) -> Result<(), BadRecord> {
         if meta.index < self.snapshot.index {
-            return Err(format!(
-                "snapshot record at {} is older than the snapshot at {}",
-                meta.index, self.snapshot.index
-            ));
+            return Err(BadRecord::OlderSnapshot {
+                index: meta.index,
+                current: self.snapshot.index,
+            });
         }
         let keep = last > meta.index;
         if keep && self.log.last_index() != last {
-            return Err(format!(
-                "snapshot record keeps the log up to {last}, but the replayed log ends at {}",
-                self.log.last_index()
-            ));
+            return Err(BadRecord::KeptLogMismatch {
+                last,
+                log_last: self.log.last_index(),
+            });
         }
         if keep && self.log.base() > meta.index {
             // The entries between this snapshot and the restart point were in compacted segments:
             // an older snapshot record, superseded by a later one that covers them (compaction
             // only deletes what a durable snapshot covers). Until then the log stays unverified.
             if self.unverified_since.is_none() {
-                return Err(format!(
-                    "snapshot record at {} is below the log's start at {}",
-                    meta.index,
-                    self.log.first_index()
-                ));
+                return Err(BadRecord::SnapshotBelowLogStart {
+                    index: meta.index,
+                    first: self.log.first_index(),
+                });
             }
             self.snapshot = meta;
             return Ok(());

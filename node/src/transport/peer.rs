@@ -125,10 +125,13 @@ impl Transport {
         if self.peers.get(&id).is_some_and(|p| p.addr == addr) {
             return;
         }
+        if let Some(tls) = &self.shared.cfg.tls {
+            tls.directory.set(id, addr);
+        }
         // One channel (one HTTP/2 connection) carries both lanes.
-        let client = match endpoint(addr, &self.shared.cfg) {
-            Ok(e) => Some(
-                RaftClient::new(e.connect_lazy())
+        let client = match channel(addr, &self.shared.cfg) {
+            Ok(c) => Some(
+                RaftClient::new(c)
                     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
             ),
@@ -139,19 +142,18 @@ impl Transport {
         };
         let (log, log_rx) = mpsc::channel(self.shared.cfg.queue_len);
         let (control, control_rx) = mpsc::channel(self.shared.cfg.queue_len);
-        let spawn = |lane, rx| {
+        let spawn = |rx| {
             crate::task::spawn(lane_task(
                 LaneTask {
                     peer: id,
                     addr: addr.to_string(),
-                    lane,
                     client: client.clone(),
                     shared: self.shared.clone(),
                 },
                 rx,
             ))
         };
-        let tasks = [spawn(Lane::Log, log_rx), spawn(Lane::Control, control_rx)];
+        let tasks = [spawn(log_rx), spawn(control_rx)];
         self.peers.insert(
             id,
             Peer {
@@ -166,6 +168,9 @@ impl Transport {
     /// Forgets a peer and stops its tasks.
     pub fn remove_peer(&mut self, id: NodeId) {
         self.peers.remove(&id);
+        if let Some(tls) = &self.shared.cfg.tls {
+            tls.directory.remove(id);
+        }
     }
 
     /// Queues `m` for its recipient; never waits.
@@ -229,7 +234,8 @@ fn message_size(m: &Message) -> u64 {
 
 fn endpoint(addr: &str, cfg: &TransportConfig) -> Result<Endpoint, tonic::transport::Error> {
     // The name is resolved again on every (re)connect, so a pod that comes back with a new IP is
-    // found again under its stable DNS name.
+    // found again under its stable DNS name. With TLS the scheme stays `http`: the TLS is the
+    // connector's (see `channel`), and tonic refuses `https` without a TLS of its own.
     let endpoint = tune_endpoint(Endpoint::from_shared(format!("http://{addr}"))?);
     Ok(endpoint
         .connect_timeout(cfg.connect_timeout)
@@ -238,11 +244,32 @@ fn endpoint(addr: &str, cfg: &TransportConfig) -> Result<Endpoint, tonic::transp
         .keep_alive_while_idle(true))
 }
 
+/// A lazily connected channel to `addr`: plain, or through the TLS connector, which takes the
+/// certificate of the moment for each new connection.
+fn channel(addr: &str, cfg: &TransportConfig) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = endpoint(addr, cfg)?;
+    Ok(match &cfg.tls {
+        Some(tls) => endpoint.connect_with_connector_lazy(tls.connector.clone()),
+        None => endpoint.connect_lazy(),
+    })
+}
+
+/// Logs a failed send at debug level, unless it is a TLS failure: that is logged once per peer
+/// and reason as a warning, because it will not heal by retrying (wrong CA, expired, wrong name).
+fn log_send_failure(id: NodeId, addr: &str, status: &tonic::Status, log: &crate::tls::LogOnce) {
+    match raftkv_proto::tls::explain(status) {
+        Some(reason) if log.should_log(&format!("node {id}"), &reason) => {
+            warn!(peer = id, %addr, %reason, "TLS connection to peer refused");
+        }
+        Some(_) => {}
+        None => debug!(peer = id, %addr, error = %status, "send failed"),
+    }
+}
+
 /// One lane of one peer: the messages it sends and how.
 struct LaneTask {
     peer: NodeId,
     addr: String,
-    lane: Lane,
     /// `None` when the address is invalid: every message is then undelivered.
     client: Option<RaftClient<Channel>>,
     shared: Shared,
@@ -265,6 +292,7 @@ async fn lane_task(task: LaneTask, mut rx: mpsc::Receiver<Message>) {
     };
     let mut snapshot_task: Option<JoinHandle<()>> = None;
     let mut unary_only = false;
+    let tls_log = crate::tls::LogOnce::default();
     while let Some(first) = rx.recv().await {
         let result = if unary_only {
             send_unary(&task, &client, &mut snapshot_task, first).await
@@ -279,7 +307,7 @@ async fn lane_task(task: LaneTask, mut rx: mpsc::Receiver<Message>) {
             }
         };
         if let Err(status) = result {
-            debug!(peer = task.peer, addr = %task.addr, lane = ?task.lane, error = %status, "send failed");
+            log_send_failure(task.peer, &task.addr, &status, &tls_log);
             task.shared.metrics.peer_failed(task.peer);
             let _ = task
                 .shared

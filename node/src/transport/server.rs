@@ -5,6 +5,13 @@
 //! never reach the core), and it decodes into a valid core message. On a unary call a full queue
 //! answers RESOURCE_EXHAUSTED: the message is dropped, which Raft tolerates. On a `Pipe` stream
 //! (how nodes send to each other) messages are queued in the order they came, waiting for room.
+//!
+//! With peer TLS, the sender is also authenticated: the handshake proved the certificate chains
+//! to the peer CA, and here the certificate must be valid for the host of the peer address the
+//! claimed sender (`from`) advertises (the membership, as the transport knows it). Otherwise
+//! PERMISSION_DENIED, logged once per claimed sender and reason. Checking the cluster id stops
+//! mistakes; this stops a holder of one member's certificate from speaking as another. Without
+//! peer TLS the port is unprotected (README, "Security").
 
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
@@ -16,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::types::{Inbound, PeerGuards};
+use super::types::{Inbound, PeerDirectory, PeerGuards};
 use super::wire::{
     Header, append_from_wire, meta_from_wire, response_from_wire, snapshot_message,
     timeout_now_from_wire, vote_from_wire,
@@ -32,7 +39,12 @@ pub struct RaftService {
     tx: mpsc::Sender<Inbound>,
     snapshots: SnapshotStore,
     guards: PeerGuards,
+    /// With peer TLS: who listens where, to check a sender against its certificate.
+    auth: Option<(PeerDirectory, Arc<crate::tls::LogOnce>)>,
 }
+
+/// The client certificates of the connection a request came on (peer TLS only).
+type PeerCerts = Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>;
 
 impl RaftService {
     /// Admits messages for node `id` of `cluster_id` (once set) into `tx`.
@@ -49,7 +61,51 @@ impl RaftService {
             tx,
             snapshots,
             guards,
+            auth: None,
         }
+    }
+
+    /// Requires every message's sender to be the member its connection's certificate names
+    /// (peer TLS). `log` limits the refusals logged to one per sender and reason.
+    pub fn with_peer_auth(
+        mut self,
+        directory: PeerDirectory,
+        log: Arc<crate::tls::LogOnce>,
+    ) -> Self {
+        self.auth = Some((directory, log));
+        self
+    }
+
+    /// With peer TLS, that the certificate `certs` came with is valid for member `from`'s
+    /// advertised peer host.
+    fn authenticate(&self, certs: &PeerCerts, from: NodeId) -> Result<(), Status> {
+        let Some((directory, log)) = &self.auth else {
+            return Ok(());
+        };
+        let Some(leaf) = certs.as_ref().and_then(|c| c.first()) else {
+            return Err(Status::unauthenticated("peer TLS: no client certificate"));
+        };
+        let Some(addr) = directory.get(from) else {
+            let reason = "not a known member";
+            if log.should_log(&format!("node {from}"), reason) {
+                tracing::warn!(
+                    peer = from,
+                    "refused a Raft message: the sender is {reason}"
+                );
+            }
+            return Err(Status::permission_denied(format!(
+                "node {from} is {reason}"
+            )));
+        };
+        let host = crate::tls::host_of(&addr);
+        crate::tls::cert_covers_host(leaf, host).map_err(|reason| {
+            if log.should_log(&format!("node {from}"), &reason) {
+                tracing::warn!(peer = from, %host, %reason, "refused a Raft message: the certificate does not belong to the member it claims to be");
+            }
+            Status::permission_denied(format!(
+                "the client certificate is not that of node {from} ({host}): {reason}"
+            ))
+        })
     }
 
     fn check(&self, h: &Header) -> Result<(), Status> {
@@ -93,8 +149,9 @@ fn invalid(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-/// Checks and converts one message of any kind, as its unary RPC or a `Pipe` stream carries it.
-fn decode(service: &RaftService, kind: Kind) -> Result<Inbound, Status> {
+/// Checks, authenticates and converts one message of any kind, as its unary RPC or a `Pipe`
+/// stream carries it; `certs` are those of the connection it came on.
+fn decode(service: &RaftService, certs: &PeerCerts, kind: Kind) -> Result<Inbound, Status> {
     let (h, m, lease_guard_ms) = match kind {
         Kind::AppendEntries(r) => {
             let (h, m) = append_from_wire(r).map_err(invalid)?;
@@ -115,6 +172,7 @@ fn decode(service: &RaftService, kind: Kind) -> Result<Inbound, Status> {
         }
     };
     service.check(&h)?;
+    service.authenticate(certs, h.from)?;
     if let Some(guard_ms) = lease_guard_ms {
         // Recorded before the message reaches the driver: an acknowledgement that extends a
         // lease is always timed with its sender's current guard.
@@ -129,7 +187,8 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
-        let inbound = decode(self, Kind::AppendEntries(req.into_inner()))?;
+        let certs = req.peer_certs();
+        let inbound = decode(self, &certs, Kind::AppendEntries(req.into_inner()))?;
         self.admit(inbound)
     }
 
@@ -137,7 +196,8 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::RequestVoteRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
-        let inbound = decode(self, Kind::RequestVote(req.into_inner()))?;
+        let certs = req.peer_certs();
+        let inbound = decode(self, &certs, Kind::RequestVote(req.into_inner()))?;
         self.admit(inbound)
     }
 
@@ -145,7 +205,8 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::TimeoutNowRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
-        let inbound = decode(self, Kind::TimeoutNow(req.into_inner()))?;
+        let certs = req.peer_certs();
+        let inbound = decode(self, &certs, Kind::TimeoutNow(req.into_inner()))?;
         self.admit(inbound)
     }
 
@@ -153,7 +214,8 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<pb::RaftResponse>,
     ) -> Result<Response<pb::RaftAck>, Status> {
-        let inbound = decode(self, Kind::Respond(req.into_inner()))?;
+        let certs = req.peer_certs();
+        let inbound = decode(self, &certs, Kind::Respond(req.into_inner()))?;
         self.admit(inbound)
     }
 
@@ -161,6 +223,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<Streaming<pb::RaftEnvelope>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
+        let certs = req.peer_certs();
         let mut stream = req.into_inner();
         loop {
             // A pipe lives as long as its sender wants; end it when the driver stops, so that the
@@ -175,7 +238,8 @@ impl pb::raft_server::Raft for RaftService {
             let kind = envelope?
                 .kind
                 .ok_or_else(|| Status::invalid_argument("a raft envelope with no message"))?;
-            let inbound = decode(self, kind)?;
+            // Every message is authenticated, not just the first: `from` is per message.
+            let inbound = decode(self, &certs, kind)?;
             // Unlike a unary call, wait for room: the messages behind this one keep their order,
             // and HTTP/2 flow control slows the sender down meanwhile.
             self.tx
@@ -190,6 +254,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: Request<Streaming<pb::InstallSnapshotRequest>>,
     ) -> Result<Response<pb::RaftAck>, Status> {
+        let certs = req.peer_certs();
         let mut stream = req.into_inner();
         let first = stream
             .next()
@@ -202,6 +267,8 @@ impl pb::raft_server::Raft for RaftService {
             term: first.term,
         };
         self.check(&header)?;
+        // Before a byte is staged: a forged snapshot must not even reach the disk.
+        self.authenticate(&certs, header.from)?;
         let meta = meta_from_wire(
             first
                 .meta
@@ -244,6 +311,9 @@ impl pb::raft_server::Raft for RaftService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(format!("cannot seal snapshot: {e}")))?;
+        // Checked again at admission: the membership may have changed during the transfer.
+        self.check(&header)?;
+        self.authenticate(&certs, header.from)?;
         let msg = snapshot_message(&header, meta);
         self.admit(Inbound::Snapshot { msg, data: staged })
     }

@@ -1,6 +1,6 @@
 //! The transport's shared vocabulary: what arrives for the driver ([`Inbound`]), how peer
-//! connections are tuned ([`TransportConfig`]) and the lease guards peers report
-//! ([`PeerGuards`]). Both the sender tasks (`peer`) and the `Raft` service (`server`) use these,
+//! connections are tuned and secured ([`TransportConfig`], [`PeerTls`]), the lease guards peers
+//! report ([`PeerGuards`]) and where each member's peer address is ([`PeerDirectory`]). Both the sender tasks (`peer`) and the `Raft` service (`server`) use these,
 //! so they live in a room of their own rather than in the parent that re-exports them.
 
 use std::time::Duration;
@@ -33,6 +33,39 @@ impl PeerGuards {
             .filter_map(|p| guards.get(&p).copied())
             .min()
     }
+}
+
+/// Every member's peer address as the transport knows it (`Transport::set_peer` keeps it), so
+/// that the Raft service can check a message's sender against the certificate it came with.
+#[derive(Clone, Debug, Default)]
+pub struct PeerDirectory(
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, String>>>,
+);
+
+impl PeerDirectory {
+    /// `id` listens at `addr` (host:port).
+    pub fn set(&self, id: NodeId, addr: &str) {
+        crate::sync::lock(&self.0).insert(id, addr.to_owned());
+    }
+
+    /// `id` is no longer a member.
+    pub fn remove(&self, id: NodeId) {
+        crate::sync::lock(&self.0).remove(&id);
+    }
+
+    /// Where `id` listens, if it is known.
+    pub fn get(&self, id: NodeId) -> Option<String> {
+        crate::sync::lock(&self.0).get(&id).cloned()
+    }
+}
+
+/// Mutual TLS between peers: how to dial, and who is who.
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    /// Dials peers with TLS (the configuration of the moment, so rotation needs no restart).
+    pub connector: raftkv_proto::tls::Connector,
+    /// Kept by the transport, read by the Raft service to bind `from` to the certificate.
+    pub directory: PeerDirectory,
 }
 
 /// What the transport hands the driver.
@@ -78,6 +111,8 @@ pub struct TransportConfig {
     /// This node's lease guard, sent with every response (`RaftResponse.lease_guard_ms`; see
     /// [`crate::DriverConfig::lease_guard`]).
     pub lease_guard: Duration,
+    /// Mutual TLS to peers; `None` dials plain TCP.
+    pub tls: Option<PeerTls>,
 }
 
 impl Default for TransportConfig {
@@ -89,6 +124,7 @@ impl Default for TransportConfig {
             queue_len: 1024,
             snapshot_chunk: 256 << 10,
             lease_guard: Duration::ZERO,
+            tls: None,
         }
     }
 }

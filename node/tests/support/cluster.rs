@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use raftkv_client::{Client, Consistency, KeyValue};
+use raftkv_client::{Client, ClientOptions, Consistency, KeyValue};
 use raftkv_proto::v1 as pb;
 use tempfile::TempDir;
 use tokio::task::JoinSet;
@@ -75,6 +75,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::netns::Net;
 use super::ports::reserve_ports;
+use super::tls::{CertFiles, TestPki};
 use super::wait::{POLL_INTERVAL, wait_for};
 use super::workload::{WriteHistory, assert_problems_empty};
 use super::{random_u64, test_client_options};
@@ -129,6 +130,17 @@ pub struct ClusterOptions {
     /// With [`Network::Netns`]: run the nodes with `--discovery dns:<this>` and
     /// `--hostname kv-<id - 1>` instead of `--id` and `--peers`.
     pub dns_service: Option<String>,
+    /// TLS on both ports (`--peer-*`, `--client-*`) with a CA made for the cluster. On loopback
+    /// each node then gets its own address, 127.0.0.(id + 1), so that certificates (made for
+    /// it) tell the members apart.
+    pub tls: Option<TlsMode>,
+}
+
+/// How a [`Cluster`] with TLS runs its client port.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsMode {
+    /// `--client-ca`: clients must present a certificate from the cluster's CA.
+    pub client_ca: bool,
 }
 
 impl Default for ClusterOptions {
@@ -146,6 +158,7 @@ impl Default for ClusterOptions {
             stop_timeout: Duration::from_secs(20),
             network: Network::Loopback,
             dns_service: None,
+            tls: None,
         }
     }
 }
@@ -163,6 +176,15 @@ pub struct Cluster {
     nodes: BTreeMap<u64, Node>,
     /// The namespaces of [`Network::Netns`] mode. Dropped after `Drop` killed the nodes.
     net: Option<Net>,
+    /// With [`ClusterOptions::tls`]: the cluster's CA, the client certificate of the test's
+    /// clients, and the hosts each node's certificate was last issued for.
+    pki: Option<ClusterPki>,
+}
+
+struct ClusterPki {
+    pki: TestPki,
+    client: CertFiles,
+    issued: BTreeMap<u64, Vec<String>>,
 }
 
 /// One node: its fixed identity (ports, data dir, log) and its current process, if any.
@@ -262,7 +284,10 @@ impl Cluster {
         for attempt in 1..=PORT_RETRIES {
             let ports = reserve_ports(2 * n as usize);
             let peers = (1..=n)
-                .map(|id| format!("{id}=127.0.0.1:{}", ports[(n + id - 1) as usize]))
+                .map(|id| {
+                    let ip = cluster.loopback_ip(id);
+                    format!("{id}={ip}:{}", ports[(n + id - 1) as usize])
+                })
                 .collect::<Vec<_>>()
                 .join(",");
             for id in 1..=n {
@@ -330,7 +355,92 @@ impl Cluster {
             created: Instant::now(),
             nodes: BTreeMap::new(),
             net: None,
+            pki: None,
         }
+        .with_pki()
+    }
+
+    /// Makes the CA and the clients' certificate when the options ask for TLS.
+    fn with_pki(mut self) -> Cluster {
+        if self.opts.tls.is_some() {
+            let pki = TestPki::new(&self.root.join("pki"), &self.token);
+            let client = pki.issue_client("client");
+            self.pki = Some(ClusterPki {
+                pki,
+                client,
+                issued: BTreeMap::new(),
+            });
+        }
+        self
+    }
+
+    /// The cluster's CA, with TLS.
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_ref().map(|p| &p.pki)
+    }
+
+    /// The certificate the test's clients present, with TLS.
+    pub fn client_cert(&self) -> Option<&CertFiles> {
+        self.pki.as_ref().map(|p| &p.client)
+    }
+
+    /// Node `id`'s certificate and key files (`node-<id>.crt`, `.key`) with TLS.
+    pub fn node_cert(&self, id: u64) -> Option<CertFiles> {
+        let dir = self.root.join("pki");
+        self.pki.as_ref().map(|_| CertFiles {
+            cert: dir.join(format!("node-{id}.crt")),
+            key: dir.join(format!("node-{id}.key")),
+        })
+    }
+
+    /// [`test_client_options`], with the cluster's TLS when it has TLS.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            tls: self.pki.as_ref().map(|p| p.pki.client_tls(Some(&p.client))),
+            ..test_client_options()
+        }
+    }
+
+    /// The connector for the harness' own status calls, with TLS.
+    fn status_connector(&self) -> Option<raftkv_proto::tls::Connector> {
+        self.pki.as_ref().map(|p| p.pki.connector(Some(&p.client)))
+    }
+
+    /// With TLS: issues node `id` a certificate for its current hosts if it has none for them
+    /// yet, and returns the flags that use it.
+    fn tls_args(&mut self, id: u64) -> Vec<String> {
+        let Some(mode) = self.opts.tls else {
+            return Vec::new();
+        };
+        let mut hosts = vec![self.node(id).client_addr.ip().to_string()];
+        hosts.extend(self.dns_name(id));
+        let files = self.node_cert(id).expect("TLS clusters have a PKI");
+        let pki = self.pki.as_mut().expect("TLS clusters have a PKI");
+        if pki.issued.get(&id) != Some(&hosts) {
+            pki.pki.issue_node(&format!("node-{id}"), &hosts, 30);
+            pki.issued.insert(id, hosts);
+        }
+        let (cert, key, ca) = (
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+            pki.pki.ca().display().to_string(),
+        );
+        let mut args = vec![
+            "--peer-cert".into(),
+            cert.clone(),
+            "--peer-key".into(),
+            key.clone(),
+            "--peer-ca".into(),
+            ca.clone(),
+            "--client-cert".into(),
+            cert,
+            "--client-key".into(),
+            key,
+        ];
+        if mode.client_ca {
+            args.extend(["--client-ca".into(), ca]);
+        }
+        args
     }
 
     /// [`Network::Netns`] only: creates the namespaces and the nodes `1..=n` of a cluster but
@@ -364,9 +474,19 @@ impl Cluster {
         cluster
     }
 
+    /// The loopback address of node `id`: 127.0.0.1, or with TLS one of its own (see
+    /// [`ClusterOptions::tls`]).
+    pub fn loopback_ip(&self, id: u64) -> Ipv4Addr {
+        match self.opts.tls {
+            Some(_) => Ipv4Addr::new(127, 0, 0, u8::try_from(id + 1).expect("ids below 255")),
+            None => Ipv4Addr::LOCALHOST,
+        }
+    }
+
     fn new_node(&self, id: u64, client_port: u16, peer_port: u16, peers: String) -> Node {
-        let client_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, client_port));
-        let peer_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, peer_port));
+        let ip = self.loopback_ip(id);
+        let client_addr = SocketAddr::V4(SocketAddrV4::new(ip, client_port));
+        let peer_addr = SocketAddr::V4(SocketAddrV4::new(ip, peer_port));
         self.new_node_at(id, client_addr, peer_addr, peers)
     }
 
@@ -384,7 +504,7 @@ impl Cluster {
             data_dir: self.root.join(format!("node-{id}")),
             log_path: self.root.join(format!("node-{id}.log")),
             peers,
-            channel: status_channel(client_addr),
+            channel: status_channel(client_addr, self.status_connector()),
             process: None,
             stopped: false,
             retired: false,
@@ -418,6 +538,7 @@ impl Cluster {
 
     /// Spawns node `id`'s process with its fixed flags. Does not wait for it.
     fn spawn(&mut self, id: u64) {
+        let tls_args = self.tls_args(id);
         let elapsed = self.created.elapsed();
         let opts = self.opts.clone();
         let initial_size = self.initial_size;
@@ -469,6 +590,7 @@ impl Cluster {
             "--log".into(),
             log_filter,
         ]);
+        args.extend(tls_args);
         args.extend(opts.extra_args);
         node.starts += 1;
         let mut log = OpenOptions::new()
@@ -614,7 +736,7 @@ impl Cluster {
 
     /// A client for the member nodes, with [`test_client_options`].
     pub async fn client(&self) -> Client {
-        Client::connect(self.endpoints(), test_client_options())
+        Client::connect(self.endpoints(), self.client_options())
             .await
             .expect("client for the cluster")
     }
@@ -623,7 +745,7 @@ impl Cluster {
     pub async fn client_of(&self, id: u64) -> Client {
         Client::connect(
             vec![self.client_addr(id).to_string()],
-            test_client_options(),
+            self.client_options(),
         )
         .await
         .expect("client for one node")
@@ -834,7 +956,7 @@ impl Cluster {
                 .into_iter()
                 .map(|m| format!("{m}={}", self.peer_addr(m)))
                 .collect();
-            peers.push(format!("{id}=127.0.0.1:{}", ports[1]));
+            peers.push(format!("{id}={}:{}", self.loopback_ip(id), ports[1]));
             let node = self.new_node(id, ports[0], ports[1], peers.join(","));
             self.nodes.insert(id, node);
             self.spawn(id);
@@ -891,10 +1013,11 @@ impl Cluster {
             .expect("move_node needs DNS mode: with --peers the address is fixed");
         let ip = self.net_mut().readdress(&label(id));
         self.net_mut().set_name(&name, Some(ip));
+        let connector = self.status_connector();
         let node = self.node_mut(id);
         node.client_addr = netns_addr(ip, true);
         node.peer_addr = netns_addr(ip, false);
-        node.channel = status_channel(node.client_addr);
+        node.channel = status_channel(node.client_addr, connector);
         ip
     }
 
@@ -927,7 +1050,7 @@ impl Cluster {
         let first = self.client_addr(leader).to_string();
         let mut endpoints = vec![first.clone()];
         endpoints.extend(self.endpoints().into_iter().filter(|e| *e != first));
-        Client::connect(endpoints, test_client_options())
+        Client::connect(endpoints, self.client_options())
             .await
             .expect("client for the cluster")
     }
@@ -1177,12 +1300,15 @@ fn netns_addr(ip: Ipv4Addr, client: bool) -> SocketAddr {
 
 /// A lazily connecting channel to a node's client port, for `Cluster.Status`. Reconnects by
 /// itself after a restart.
-fn status_channel(client_addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{client_addr}"))
+fn status_channel(client_addr: SocketAddr, tls: Option<raftkv_proto::tls::Connector>) -> Channel {
+    let endpoint = Endpoint::from_shared(format!("http://{client_addr}"))
         .expect("a valid URI")
         .connect_timeout(Duration::from_millis(500))
-        .timeout(STATUS_TIMEOUT)
-        .connect_lazy()
+        .timeout(STATUS_TIMEOUT);
+    match tls {
+        Some(connector) => endpoint.connect_with_connector_lazy(connector),
+        None => endpoint.connect_lazy(),
+    }
 }
 
 async fn status_of(

@@ -247,7 +247,7 @@ pub fn repo_root() -> PathBuf {
 /// build it; the image needs it next to kvnode. A `-p raftkv-client` build resolves a few
 /// dependencies' features differently from `cargo test --workspace`, so the first run compiles
 /// the client (and what depends on those features) once more; later runs find it fresh.
-fn ensure_kvctl(bin_dir: &Path) {
+pub fn ensure_kvctl(bin_dir: &Path) {
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "-p", "raftkv-client", "--bin", "kvctl"])
         .current_dir(repo_root())

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use raftkv_client::{Client, ClientOptions, Consistency};
 
-use super::cluster::{Cluster, ClusterOptions, Network};
+use super::cluster::{Cluster, ClusterOptions, Network, TlsMode};
 use super::history::{self, CheckOptions, EventType, Func, Op, Recorder, Report, Verdict};
 use super::netns::Net;
 
@@ -174,6 +174,8 @@ pub struct Workload {
     pub patient_attempt: Duration,
     /// The consistency of the workload's reads (the final reads are always LINEARIZABLE).
     pub reads: Consistency,
+    /// TLS for the clients (the cluster's, when it runs with TLS).
+    pub tls: Option<raftkv_client::tls::TlsConfig>,
 }
 
 impl Default for Workload {
@@ -188,6 +190,7 @@ impl Default for Workload {
             call_timeout: Duration::from_secs(1),
             patient_attempt: Duration::from_secs(4),
             reads: Consistency::Linearizable,
+            tls: None,
         }
     }
 }
@@ -205,6 +208,9 @@ pub struct RunConfig {
     pub workload: Workload,
     /// The faults.
     pub nemesis: Nemesis,
+    /// TLS on both ports, with client certificates required (`FAULT_TLS=1` turns it on for
+    /// every run).
+    pub tls: bool,
 }
 
 // ----- RNG -----------------------------------------------------------------------------------
@@ -368,6 +374,9 @@ pub async fn run_seed(seed: u64, cfg: &RunConfig) -> RunResult {
         network: Network::Netns,
         ..ClusterOptions::default()
     };
+    if cfg.tls || std::env::var_os("FAULT_TLS").is_some_and(|v| v == "1") {
+        opts.tls = Some(TlsMode { client_ca: true });
+    }
     if let Some(bug) = &cfg.planted_bug {
         opts.extra_args = vec!["--planted-bug".into(), bug.clone()];
     }
@@ -493,6 +502,10 @@ async fn start_clients(
     started: Instant,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let endpoints = cluster.endpoints();
+    let w = &Workload {
+        tls: cluster.client_options().tls,
+        ..w.clone()
+    };
     start_workload(
         &endpoints,
         &BTreeMap::new(),
@@ -537,6 +550,7 @@ pub async fn start_workload(
                 backoff_initial: Duration::from_millis(20),
                 backoff_max: Duration::from_millis(200),
                 connect_to: connect_to.clone(),
+                tls: w.tls.clone(),
                 ..ClientOptions::default()
             };
             // Rotate the endpoint order so the clients do not all start at node 1.

@@ -141,6 +141,8 @@ impl TestCluster {
                 seed: None,
                 // Off unless a test asks (`start_with`).
                 listen_metrics: None,
+                listen_health: None,
+                tls: Default::default(),
             };
             configure(id, &mut cfg);
             channels.push((lazy_channel(&addr(&client)), lazy_channel(&addr(&peer))));

@@ -14,7 +14,8 @@
 //! - [`history`]: the Jepsen-style history of operations and its linearizability checker;
 //! - [`fault`]: the seeded fault-injection suite (clients, nemesis, final checks) over
 //!   `cluster`, `netns` and `history`;
-//! - [`docker`]: a cluster of node containers for the container end-to-end tests.
+//! - [`docker`]: a cluster of node containers for the container end-to-end tests;
+//! - [`tls`]: a CA and certificates per test, and TLS clients that use them.
 //!
 //! The small helpers below are shared by several of these modules.
 
@@ -30,6 +31,7 @@ pub mod history;
 pub mod inprocess;
 pub mod netns;
 pub mod ports;
+pub mod tls;
 pub mod wait;
 pub mod workload;
 

@@ -19,6 +19,9 @@ pub const MANAGED: &[(&str, &str, &[&str])] = &[
     ),
     ("", "services", &["create", "patch"]),
     ("", "pods", &["list", "watch", "patch", "delete"]),
+    // TLS (spec.tls): get the Secrets the spec names or `auto` keeps, apply the `auto` ones,
+    // list and watch the operator's own (run.rs owns them).
+    ("", "secrets", &["get", "list", "watch", "create", "patch"]),
     // Volume expansion: the members' claims are listed and their storage request applied.
     ("", "persistentvolumeclaims", &["list", "patch"]),
     ("policy", "poddisruptionbudgets", &["create", "patch"]),

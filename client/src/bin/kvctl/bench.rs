@@ -26,6 +26,7 @@ use crate::output::Output;
 pub async fn run(
     endpoints: &[String],
     timeout: Duration,
+    tls: Option<&raftkv_client::tls::TlsConfig>,
     args: BenchArgs,
     out: &Output,
 ) -> Result<Exit, Failure> {
@@ -39,7 +40,7 @@ pub async fn run(
     let connections = args.connection_count();
     let mut pool = Vec::with_capacity(connections as usize);
     for _ in 0..connections {
-        pool.push(Connection::open(args.target, endpoints, timeout).await?);
+        pool.push(Connection::open(args.target, endpoints, timeout, tls).await?);
     }
     let what = match args.requests {
         Some(n) => format!("{n} requests"),

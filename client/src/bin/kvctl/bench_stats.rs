@@ -11,8 +11,16 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::bench_target::RequestError;
 use crate::exit::Failure;
+
+/// A failed request, as the report counts it.
+#[derive(Debug)]
+pub struct RequestError {
+    /// Whether a write may or may not have been applied (no answer in time, connection lost).
+    pub outcome_unknown: bool,
+    /// What went wrong, for the report's "last error".
+    pub message: String,
+}
 
 /// The highest latency tracked: anything slower is recorded as this (60 s, in µs).
 pub const MAX_LATENCY_US: u64 = 60_000_000;

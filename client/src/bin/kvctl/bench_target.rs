@@ -9,18 +9,10 @@ use std::time::Duration;
 
 use raftkv_client::{Bytes, Client, Consistency};
 
+use crate::bench_stats::RequestError;
 use crate::cli::{BenchTarget, ReadConsistency};
 use crate::commands::connect;
 use crate::exit::Failure;
-
-/// A failed request, as the report counts it.
-#[derive(Debug)]
-pub struct RequestError {
-    /// Whether a write may or may not have been applied (no answer in time, connection lost).
-    pub outcome_unknown: bool,
-    /// What went wrong, for the report's "last error".
-    pub message: String,
-}
 
 /// One connection to the benchmarked cluster; cheap to clone, clones share its channels.
 #[derive(Clone)]
@@ -34,15 +26,32 @@ pub enum Connection {
 }
 
 impl Connection {
-    /// Connects to `target` at `endpoints`; `timeout` bounds each request.
+    /// Connects to `target` at `endpoints` (raftkv with `tls` if given); `timeout` bounds each
+    /// request.
     pub async fn open(
         target: BenchTarget,
         endpoints: &[String],
         timeout: Duration,
+        tls: Option<&raftkv_client::tls::TlsConfig>,
     ) -> Result<Self, Failure> {
         match target {
-            BenchTarget::Raftkv => Ok(Connection::Raftkv(connect(endpoints, timeout).await?)),
-            BenchTarget::Etcd => etcd::open(endpoints, timeout).await,
+            BenchTarget::Raftkv => Ok(Connection::Raftkv(
+                connect(endpoints, timeout, tls).await?,
+            )),
+            // The comparison runs both stores on plain loopback; etcd's TLS flags differ.
+            BenchTarget::Etcd if tls.is_some() => Err(Failure::Other(
+                "kvctl bench --target etcd does not take --cacert/--cert/--key: run etcd without TLS for the comparison".into(),
+            )),
+            #[cfg(feature = "etcd")]
+            BenchTarget::Etcd => Ok(Connection::Etcd(Box::new(
+                etcd::open(endpoints, timeout).await?,
+            ))),
+            #[cfg(not(feature = "etcd"))]
+            BenchTarget::Etcd => Err(Failure::Other(
+                "this kvctl was built without etcd support; build it with \
+                 `cargo build --release --bin kvctl --features etcd`"
+                    .to_owned(),
+            )),
         }
     }
 
@@ -93,11 +102,11 @@ mod etcd {
     use raftkv_client::Bytes;
     use tonic::Code;
 
-    use super::{Connection, RequestError};
+    use crate::bench_stats::RequestError;
     use crate::cli::ReadConsistency;
     use crate::exit::Failure;
 
-    pub async fn open(endpoints: &[String], timeout: Duration) -> Result<Connection, Failure> {
+    pub async fn open(endpoints: &[String], timeout: Duration) -> Result<KvClient, Failure> {
         // etcd-client wants URLs; accept the same `host:port` form raftkv's --endpoints takes.
         let urls: Vec<String> = endpoints
             .iter()
@@ -115,7 +124,7 @@ mod etcd {
         let client = etcd_client::Client::connect(&urls, Some(options))
             .await
             .map_err(|e| Failure::Other(format!("cannot connect to etcd at {urls:?}: {e}")))?;
-        Ok(Connection::Etcd(Box::new(client.kv_client())))
+        Ok(client.kv_client())
     }
 
     pub async fn put(kv: &mut KvClient, key: String, value: &Bytes) -> Result<(), RequestError> {
@@ -154,22 +163,5 @@ mod etcd {
             outcome_unknown,
             message: error.to_string(),
         }
-    }
-}
-
-/// Without the `etcd` feature the target exists on the command line but says how to get it.
-#[cfg(not(feature = "etcd"))]
-mod etcd {
-    use std::time::Duration;
-
-    use super::Connection;
-    use crate::exit::Failure;
-
-    pub async fn open(_endpoints: &[String], _timeout: Duration) -> Result<Connection, Failure> {
-        Err(Failure::Other(
-            "this kvctl was built without etcd support; build it with \
-             `cargo build --release --bin kvctl --features etcd`"
-                .to_owned(),
-        ))
     }
 }

@@ -34,6 +34,27 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Use TLS, trusting this CA certificate (PEM) for the nodes' client port certificates.
+    #[arg(long, global = true, value_name = "FILE", env = "RAFTKV_CACERT")]
+    pub cacert: Option<PathBuf>,
+
+    /// Client certificate (PEM) for nodes that require one (kvnode --client-ca).
+    #[arg(long = "cert", id = "tls_cert", global = true, value_name = "FILE", env = "RAFTKV_CERT",
+          requires_all = ["tls_key", "cacert"])]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert.
+    // Named apart from the `key` argument of put/get/... (clap ids share one namespace).
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        value_name = "FILE",
+        env = "RAFTKV_KEY",
+        requires = "tls_cert"
+    )]
+    pub key: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -110,6 +131,47 @@ pub enum Command {
     Local(LocalCommand),
     /// Drive concurrent clients and report throughput and latency percentiles.
     Bench(BenchArgs),
+    /// Make a CA and node and client certificates for a local cluster (TLS on both ports).
+    Certs(CertsArgs),
+}
+
+/// Flags of `kvctl certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Where to write the files. A CA already there (ca.crt, ca.key) is reused, so more node
+    /// certificates can be added to a cluster later.
+    #[arg(long, default_value = "./raftkv-certs")]
+    pub dir: PathBuf,
+    /// A node certificate: ID=HOST[,HOST...] (the hosts are its DNS or IP SANs; the first
+    /// should be the host of its --advertise-peer). Repeat for each node. Default: nodes
+    /// 1..=3 for 127.0.0.1 and localhost.
+    #[arg(long = "node", value_name = "ID=HOSTS", value_parser = parse_node_hosts)]
+    pub nodes: Vec<(u64, Vec<String>)>,
+    /// How long the certificates are valid, in days.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub days: u32,
+}
+
+fn parse_node_hosts(s: &str) -> Result<(u64, Vec<String>), String> {
+    let (id, hosts) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=HOST[,HOST...]"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| format!("{id:?} is not a node id (1 or more)"))?;
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if hosts.is_empty() {
+        return Err(format!("node {id}: no host given"));
+    }
+    Ok((id, hosts))
 }
 
 /// `kvctl member ...`
@@ -157,6 +219,10 @@ pub struct LocalUpArgs {
     /// How long the nodes get to stop after SIGTERM before they are killed.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
+    /// TLS on both ports, client certificates required: certificates are made in
+    /// `<data-dir>/certs` (as `kvctl certs` makes them) on the first start and reused after.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Flags of `kvctl bench`.

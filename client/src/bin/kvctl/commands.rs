@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::time::Duration;
 
+use raftkv_client::tls::TlsConfig;
 use raftkv_client::{Bytes, Client, ClientOptions, Consistency};
 use serde_json::{Map, Value, json};
 
@@ -11,10 +12,15 @@ use crate::exit::{Exit, Failure};
 use crate::output::{self, Output};
 
 /// Connects a client with the global flags.
-pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
+pub async fn connect(
+    endpoints: &[String],
+    timeout: Duration,
+    tls: Option<&TlsConfig>,
+) -> Result<Client, Failure> {
     let defaults = ClientOptions::default();
     let options = ClientOptions {
         timeout,
+        tls: tls.cloned(),
         // One hung node must not use up a short overall budget.
         attempt_timeout: defaults.attempt_timeout.min(timeout),
         connect_timeout: defaults.connect_timeout.min(timeout),
@@ -27,10 +33,11 @@ pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, 
 pub async fn run(
     endpoints: &[String],
     timeout: Duration,
+    tls: Option<&TlsConfig>,
     command: Command,
     out: &Output,
 ) -> Result<Exit, Failure> {
-    let client = connect(endpoints, timeout).await?;
+    let client = connect(endpoints, timeout, tls).await?;
     match command {
         Command::Put { key, value } => {
             let value = match value {
@@ -168,7 +175,7 @@ pub async fn run(
             );
             Ok(Exit::Success)
         }
-        Command::Local(_) | Command::Bench(_) => Err(Failure::Other(
+        Command::Local(_) | Command::Bench(_) | Command::Certs(_) => Err(Failure::Other(
             "internal error: local and bench are not one-shot commands".to_owned(),
         )),
     }

@@ -22,6 +22,9 @@ pub enum Failure {
     Client(raftkv_client::Error),
     /// A local problem (files, child processes, stdin); exits with 1.
     Other(String),
+    /// A flag that cannot be used (e.g. a TLS file that is missing or does not match); exits
+    /// with 2.
+    Usage(String),
 }
 
 impl From<raftkv_client::Error> for Failure {
@@ -37,6 +40,7 @@ impl Failure {
         match self {
             Failure::Client(e) if e.is_outcome_unknown() => Exit::Unknown,
             Failure::Client(Error::NoEndpoints | Error::InvalidEndpoint { .. }) => Exit::Usage,
+            Failure::Usage(_) => Exit::Usage,
             Failure::Client(_) | Failure::Other(_) => Exit::Failure,
         }
     }
@@ -54,8 +58,20 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            // A failed handshake: what went wrong, and the flags that fix it.
+            Failure::Client(raftkv_client::Error::Tls(reason)) => write!(
+                f,
+                "TLS: {reason}; check --cacert/--cert/--key (or RAFTKV_CACERT/RAFTKV_CERT/RAFTKV_KEY)"
+            ),
+            // A plain client at a TLS port sees HTTP/2 garbage: say what is likely wrong.
+            Failure::Client(
+                e @ (raftkv_client::Error::Timeout { last_error, .. }
+                | raftkv_client::Error::OutcomeUnknown { last_error, .. }),
+            ) if last_error.contains("h2 protocol error") => {
+                write!(f, "{e} (does the node use TLS? then pass --cacert)")
+            }
             Failure::Client(e) => e.fmt(f),
-            Failure::Other(message) => f.write_str(message),
+            Failure::Other(message) | Failure::Usage(message) => f.write_str(message),
         }
     }
 }

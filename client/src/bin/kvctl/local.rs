@@ -6,6 +6,11 @@
 //! what is left. Started again with the same flags it resumes on the same data: kvnode ignores the
 //! bootstrap flags when it finds state on disk.
 //!
+//! With `--tls` both ports use TLS and clients need a certificate: a CA and certificates are made
+//! in `<data-dir>/certs` on the first start (kept, and reused, after). All nodes share 127.0.0.1,
+//! so their certificates name the same host: this encrypts and keeps out whoever has no
+//! certificate from the CA, but does not tell the members apart (see the README's "Security").
+//!
 //! Children are spawned with `kill_on_drop`, so an early return or a panic in kvctl still kills
 //! them. They run in their own process group so that a Ctrl-C in the terminal reaches only kvctl,
 //! which then stops them in order instead of all of them racing on SIGINT. (If kvctl itself is
@@ -57,10 +62,25 @@ pub async fn up(args: LocalUpArgs, out: &Output) -> Result<Exit, Failure> {
         .map(|id| format!("{id}={}", local::peer_addr(id)))
         .collect::<Vec<_>>()
         .join(",");
+    let certs = data_dir.join("certs");
+    let tls = args.tls.then(|| certs.clone());
+    if args.tls && !certs.join(format!("node-{}.crt", args.nodes)).exists() {
+        let nodes: Vec<_> = (1..=u64::from(args.nodes))
+            .map(|id| (id, crate::certs::localhost()))
+            .collect();
+        crate::certs::generate(&certs, &nodes, 365)?;
+    }
     let mut nodes = Vec::with_capacity(usize::from(args.nodes));
     for id in 1..=args.nodes {
         // On error, returning drops `nodes`, and kill_on_drop stops the ones already started.
-        nodes.push(spawn(&kvnode, id, args.nodes, &peers, &data_dir)?);
+        nodes.push(spawn(
+            &kvnode,
+            id,
+            args.nodes,
+            &peers,
+            &data_dir,
+            tls.as_deref(),
+        )?);
     }
 
     let endpoints = local::endpoints(args.nodes).join(",");
@@ -69,6 +89,7 @@ pub async fn up(args: LocalUpArgs, out: &Output) -> Result<Exit, Failure> {
             "kvnode": kvnode.display().to_string(),
             "data_dir": data_dir.display().to_string(),
             "endpoints": local::endpoints(args.nodes),
+            "certs": tls.as_ref().map(|c| c.display().to_string()),
             "nodes": nodes.iter().map(|n| json!({
                 "id": n.id,
                 "pid": n.child.id(),
@@ -96,6 +117,12 @@ pub async fn up(args: LocalUpArgs, out: &Output) -> Result<Exit, Failure> {
             );
         }
         println!("data in {}", data_dir.display());
+        if let Some(certs) = &tls {
+            let c = certs.display();
+            println!(
+                "TLS on both ports; for kvctl: export RAFTKV_CACERT={c}/ca.crt RAFTKV_CERT={c}/client.crt RAFTKV_KEY={c}/client.key"
+            );
+        }
         if args.nodes == local::DEFAULT_NODES {
             println!("endpoints: {endpoints}  (kvctl's default)");
         } else {
@@ -133,8 +160,16 @@ pub async fn up(args: LocalUpArgs, out: &Output) -> Result<Exit, Failure> {
     }
 }
 
-/// Starts node `id`, its output appended to `<data_dir>/node-<id>.log`.
-fn spawn(kvnode: &Path, id: u16, size: u16, peers: &str, data_dir: &Path) -> Result<Node, Failure> {
+/// Starts node `id`, its output appended to `<data_dir>/node-<id>.log`; with `certs`, TLS on both
+/// ports with the certificates there.
+fn spawn(
+    kvnode: &Path,
+    id: u16,
+    size: u16,
+    peers: &str,
+    data_dir: &Path,
+    certs: Option<&Path>,
+) -> Result<Node, Failure> {
     let dir = data_dir.join(format!("node-{id}"));
     fs::create_dir_all(&dir)
         .map_err(|e| Failure::Other(format!("cannot create {}: {e}", dir.display())))?;
@@ -149,7 +184,25 @@ fn spawn(kvnode: &Path, id: u16, size: u16, peers: &str, data_dir: &Path) -> Res
         .map_err(|e| Failure::Other(format!("cannot open log {}: {e}", log.display())))?;
     let client = local::client_addr(id);
     let peer = local::peer_addr(id);
-    let child = Command::new(kvnode)
+    let mut command = Command::new(kvnode);
+    if let Some(certs) = certs {
+        let (cert, key, ca) = (
+            certs.join(format!("node-{id}.crt")),
+            certs.join(format!("node-{id}.key")),
+            certs.join("ca.crt"),
+        );
+        for (flag, file) in [
+            ("--peer-cert", &cert),
+            ("--peer-key", &key),
+            ("--peer-ca", &ca),
+            ("--client-cert", &cert),
+            ("--client-key", &key),
+            ("--client-ca", &ca),
+        ] {
+            command.arg(flag).arg(file);
+        }
+    }
+    let child = command
         .arg("--id")
         .arg(id.to_string())
         .args(["--listen-client", &client, "--listen-peer", &peer])

@@ -8,6 +8,7 @@
 //!   - `bench_target`: the per-request call of each target (etcd behind the `etcd` feature).
 //!   - `bench_stats`: counters, HdrHistogram tallies, the progress bar, the text/JSON report.
 //!   - `bench_plot`: `--plot FILE.svg`, the latency percentile spectrum.
+//! - `certs`: `kvctl certs`, a CA and certificates for a local cluster with TLS.
 //! - `exit`: the exit codes and the failures that map to them.
 //!
 //! Exit codes (DESIGN §5): 0 success, 1 definite failure, 2 usage error, 3 outcome unknown.
@@ -16,6 +17,7 @@ mod bench;
 mod bench_plot;
 mod bench_stats;
 mod bench_target;
+mod certs;
 mod cli;
 mod commands;
 mod exit;
@@ -52,10 +54,18 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Exit {
     let out = Output::new(cli.json);
-    let result = match cli.command {
-        Command::Local(LocalCommand::Up(args)) => local::up(args, &out).await,
-        Command::Bench(args) => bench::run(&cli.endpoints, cli.timeout, args, &out).await,
-        command => commands::run(&cli.endpoints, cli.timeout, command, &out).await,
+    let result = match tls(&cli) {
+        Err(failure) => Err(failure),
+        Ok(tls) => match cli.command {
+            Command::Local(LocalCommand::Up(args)) => local::up(args, &out).await,
+            Command::Certs(args) => certs::run(args, &out),
+            Command::Bench(args) => {
+                bench::run(&cli.endpoints, cli.timeout, tls.as_ref(), args, &out).await
+            }
+            command => {
+                commands::run(&cli.endpoints, cli.timeout, tls.as_ref(), command, &out).await
+            }
+        },
     };
     match result {
         Ok(exit) => exit,
@@ -64,4 +74,15 @@ async fn run(cli: Cli) -> Exit {
             failure.exit()
         }
     }
+}
+
+/// The TLS configuration the global flags ask for: `None` without `--cacert`.
+fn tls(cli: &Cli) -> Result<Option<raftkv_client::tls::TlsConfig>, exit::Failure> {
+    let Some(ca) = &cli.cacert else {
+        return Ok(None);
+    };
+    let identity = cli.cert.as_deref().zip(cli.key.as_deref());
+    raftkv_client::tls::TlsConfig::from_files(ca, identity)
+        .map(Some)
+        .map_err(|e| exit::Failure::Usage(format!("TLS: {e}")))
 }
