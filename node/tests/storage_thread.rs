@@ -260,6 +260,46 @@ fn a_disk_log_written_through_the_thread_survives_reopen() -> TestResult {
     Ok(())
 }
 
+/// A batch that only moves the commit index is answered without an fsync (the commit index is
+/// an optimisation, never needed for safety), while one that records a new term or vote, or
+/// appends, is synced before it is answered.
+#[test]
+fn only_a_commit_index_change_is_not_synced() -> TestResult {
+    let (storage, ctl) = gated(false);
+    let thread = StorageThread::spawn(storage)?;
+    let handle = thread.handle();
+    let hard = |term, vote, commit| WriteBatch {
+        hard_state: Some(HardState { term, vote, commit }),
+        ..WriteBatch::default()
+    };
+    // A new term and vote: synced (the first sync waits at the gate).
+    let (tx, rx) = mpsc::channel();
+    handle.submit(hard(1, 1, 0), move |r| {
+        let _ = tx.send(r);
+    });
+    ctl.entered.recv_timeout(WAIT)?;
+    ctl.open.send(())?;
+    rx.recv_timeout(WAIT)??;
+    assert_eq!(ctl.syncs.load(Ordering::SeqCst), 1);
+    // Entries, then the commit index alone: one more sync, for the entries only.
+    handle.persist(entries(1))?;
+    handle.persist(hard(1, 1, 1))?;
+    assert_eq!(ctl.syncs.load(Ordering::SeqCst), 2);
+    // A new vote in a new term is synced again.
+    handle.persist(hard(2, 3, 1))?;
+    assert_eq!(ctl.syncs.load(Ordering::SeqCst), 3);
+    let storage = thread.shutdown()?;
+    assert_eq!(
+        storage.hard_state(),
+        HardState {
+            term: 2,
+            vote: 3,
+            commit: 1
+        }
+    );
+    Ok(())
+}
+
 #[test]
 fn requests_after_shutdown_are_answered_stopped() -> TestResult {
     let thread = StorageThread::spawn(MemStorage::new())?;

@@ -96,7 +96,9 @@ struct Args {
     #[arg(long, default_value_t = 5_000)]
     snapshot_trailing_entries: u64,
 
-    /// Timeout for one RPC to a peer; also bounds connection attempts.
+    /// How long a peer may stay silent: the deadline of a unary call to it, and of the answer to
+    /// an HTTP/2 keepalive ping (sent after 1 s with nothing from the peer). A peer silent longer
+    /// is given up and reported unreachable; its messages go out again on a new connection.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     peer_timeout: Duration,
 

@@ -7,8 +7,9 @@
 //!
 //! The thread takes every request that is waiting, applies them in order, syncs once, and only then
 //! answers each request's callback: under load, many `Ready`s share one fsync (group commit), and
-//! with no load a lone request is synced at once. A callback runs on the storage thread and must be
-//! quick — typically it completes a oneshot channel the async driver awaits.
+//! with no load a lone request is synced at once. A request that only moves the commit index is
+//! written but not synced ([`WriteBatch::must_sync`]). A callback runs on the storage thread and
+//! must be quick — typically it completes a oneshot channel the async driver awaits.
 //!
 //! Every callback is called exactly once: with the result, or with [`StorageError::Stopped`] if the
 //! thread stops (or dies) before answering.
@@ -43,6 +44,20 @@ impl WriteBatch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+    }
+
+    /// Whether the batch must be durable before it is answered (etcd-raft's `MustSync`): it
+    /// installs a snapshot, appends entries, or records a new term or vote. A hard state that only
+    /// moves the commit index need not be: the commit index is persisted as an optimisation, never
+    /// for safety (see [`HardState::commit`]), so it is written now and made durable by the next
+    /// fsync. Without this every commit cost a second fsync on every node, and on the leader that
+    /// fsync sat between a write's commit and its reply.
+    pub fn must_sync(&self, current: &HardState) -> bool {
+        self.snapshot.is_some()
+            || !self.entries.is_empty()
+            || self
+                .hard_state
+                .is_some_and(|hs| hs.term != current.term || hs.vote != current.vote)
     }
 }
 
@@ -182,9 +197,10 @@ fn run<S: LogStorage>(mut storage: S, rx: mpsc::Receiver<StorageOp>) -> S {
                 // Requests queued behind the stop are dropped: their Reply answers `Stopped`.
                 _ if stopping => {}
                 StorageOp::Write(batch, reply) => {
+                    let must_sync = batch.must_sync(&storage.hard_state());
                     let r = apply(&mut storage, batch);
-                    wrote |= r.is_ok();
-                    answers.push((reply, r, true));
+                    wrote |= r.is_ok() && must_sync;
+                    answers.push((reply, r, must_sync));
                 }
                 StorageOp::Compact(upto, reply) => {
                     let r = storage.compact(upto);

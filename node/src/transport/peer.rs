@@ -1,12 +1,29 @@
-//! Outbound messages: one task per peer, each with its own bounded queue and tonic `Channel`.
+//! Outbound messages: per peer, two lanes, each a bounded queue drained by its own task, both on
+//! one tonic `Channel` (one HTTP/2 connection).
 //!
-//! Why a task per peer: the driver must never wait on the network. It drops messages into a
-//! queue with `try_send`; if the queue is full the message is dropped (Raft tolerates loss) and the
-//! core is told the peer is unreachable so it stops streaming to it. Snapshot streams run in their
-//! own task, so heartbeats keep flowing to a peer that is receiving a snapshot.
+//! Why tasks: the driver must never wait on the network. It drops messages into a queue with
+//! `try_send`; if the queue is full the message is dropped (Raft tolerates loss) and the core is
+//! told the peer is unreachable so it stops streaming to it.
+//!
+//! Why a long-lived stream (`Raft.Pipe`) per lane rather than one awaited call per message: a
+//! message is sent as soon as it is queued, without waiting for the previous one's ack, so the
+//! core's pipelining (up to `max_inflight_msgs` appends per follower) reaches the wire, and a
+//! stream keeps them in order, which pipelined unary calls would not (the server runs each call
+//! as its own task). Order matters for speed, not safety: the core tolerates loss and
+//! reordering, but an append that overtakes an earlier one is rejected and sends the leader back
+//! to probing.
+//!
+//! Why two lanes: appends (`Log`) can be large; heartbeats, votes, answers and TimeoutNow
+//! (`Control`) must not wait behind them, or a follower busy receiving the log would time out
+//! its leader. HTTP/2 interleaves the two streams. No order between lanes is needed: a heartbeat
+//! carries `min(match, commit)`, never more than the follower holds.
+//!
+//! Snapshot streams run in their own task (`snapshot_send`), so heartbeats keep flowing to a
+//! peer that is receiving a snapshot. A peer that stops answering is noticed by HTTP/2
+//! keepalive (a ping every `keepalive_interval`, dead after `rpc_timeout` without an answer),
+//! which ends the lane's stream and its snapshot stream alike.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use raftkv_proto::MAX_GRPC_MESSAGE_BYTES;
 use raftkv_proto::http2::tune_endpoint;
@@ -16,22 +33,45 @@ use raftkv_raft::{Message, NodeId, SnapshotMeta};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::snapshot_send::send_snapshot;
 use super::types::{Inbound, TransportConfig};
-use super::wire::{Header, Outbound, meta_to_wire, to_wire};
+use super::wire::{Header, Outbound, to_wire};
 use crate::metrics::Metrics;
 use crate::storage::SnapshotStore;
 
+/// A peer's two lanes (see the module docs), each a bounded queue drained by its own task.
 struct Peer {
     addr: String,
-    tx: mpsc::Sender<Message>,
-    task: JoinHandle<()>,
+    /// AppendEntries messages, in the order the core produced them.
+    log: mpsc::Sender<Message>,
+    /// Everything else: heartbeats, votes, answers, TimeoutNow, snapshot offers.
+    control: mpsc::Sender<Message>,
+    tasks: [JoinHandle<()>; 2],
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Which of a peer's two lanes a message travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Log,
+    Control,
+}
+
+impl Lane {
+    fn of(m: &Message) -> Self {
+        match m.body {
+            raftkv_raft::MessageBody::AppendEntries { .. } => Lane::Log,
+            _ => Lane::Control,
+        }
     }
 }
 
@@ -88,19 +128,44 @@ impl Transport {
         if let Some(tls) = &self.shared.cfg.tls {
             tls.directory.set(id, addr);
         }
-        let (tx, rx) = mpsc::channel(self.shared.cfg.queue_len);
-        let task = crate::task::spawn(peer_task(id, addr.to_string(), rx, self.shared.clone()));
+        // One channel (one HTTP/2 connection) carries both lanes.
+        let client = match channel(addr, &self.shared.cfg) {
+            Ok(c) => Some(
+                RaftClient::new(c)
+                    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+            ),
+            Err(e) => {
+                warn!(peer = id, %addr, error = %e, "invalid peer address");
+                None
+            }
+        };
+        let (log, log_rx) = mpsc::channel(self.shared.cfg.queue_len);
+        let (control, control_rx) = mpsc::channel(self.shared.cfg.queue_len);
+        let spawn = |rx| {
+            crate::task::spawn(lane_task(
+                LaneTask {
+                    peer: id,
+                    addr: addr.to_string(),
+                    client: client.clone(),
+                    shared: self.shared.clone(),
+                },
+                rx,
+            ))
+        };
+        let tasks = [spawn(log_rx), spawn(control_rx)];
         self.peers.insert(
             id,
             Peer {
                 addr: addr.to_string(),
-                tx,
-                task,
+                log,
+                control,
+                tasks,
             },
         );
     }
 
-    /// Forgets a peer and stops its task.
+    /// Forgets a peer and stops its tasks.
     pub fn remove_peer(&mut self, id: NodeId) {
         self.peers.remove(&id);
         if let Some(tls) = &self.shared.cfg.tls {
@@ -122,7 +187,11 @@ impl Transport {
             return;
         };
         let size = message_size(&m);
-        if let Err(e) = peer.tx.try_send(m) {
+        let queue = match Lane::of(&m) {
+            Lane::Log => &peer.log,
+            Lane::Control => &peer.control,
+        };
+        if let Err(e) = queue.try_send(m) {
             self.shared.metrics.peer_failed(to);
             let m = match e {
                 mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
@@ -197,73 +266,185 @@ fn log_send_failure(id: NodeId, addr: &str, status: &tonic::Status, log: &crate:
     }
 }
 
-async fn peer_task(id: NodeId, addr: String, mut rx: mpsc::Receiver<Message>, shared: Shared) {
-    let Shared {
-        cluster_id,
-        cfg,
-        feedback,
-        snapshots,
-        metrics,
-    } = shared;
-    let channel = match channel(&addr, &cfg) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(peer = id, %addr, error = %e, "invalid peer address");
-            // Drain forever so the driver sees the peer as unreachable, not as a full queue.
-            while let Some(m) = rx.recv().await {
-                undelivered(&feedback, &m);
-            }
-            return;
+/// One lane of one peer: the messages it sends and how.
+struct LaneTask {
+    peer: NodeId,
+    addr: String,
+    /// `None` when the address is invalid: every message is then undelivered.
+    client: Option<RaftClient<Channel>>,
+    shared: Shared,
+}
+
+/// Messages handed to an open `Pipe` stream but not yet taken by HTTP/2; a full buffer holds
+/// the lane back, and then the lane's queue, which the driver sees as an unreachable peer.
+const PIPE_BUFFER: usize = 64;
+
+/// Sends one lane's messages on a long-lived `Pipe` stream, opened when there is something to
+/// send and again after it fails. A peer that does not serve `Pipe` (an older release, during a
+/// rolling upgrade) is sent unary calls instead, one at a time.
+async fn lane_task(task: LaneTask, mut rx: mpsc::Receiver<Message>) {
+    let Some(client) = task.client.clone() else {
+        // Drain forever so the driver sees the peer as unreachable, not as a full queue.
+        while let Some(m) = rx.recv().await {
+            undelivered(&task.shared.feedback, &m);
         }
+        return;
     };
-    let mut client = RaftClient::new(channel)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let mut snapshot_task: Option<JoinHandle<()>> = None;
+    let mut unary_only = false;
     let tls_log = crate::tls::LogOnce::default();
-    // Unary calls get a deadline each; snapshot streams have none (they may be long) and rely on
-    // HTTP/2 keepalive to notice a dead peer.
-    let deadline = cfg.rpc_timeout;
-    let lease_guard_ms = u64::try_from(cfg.lease_guard.as_millis()).unwrap_or(u64::MAX);
-    while let Some(m) = rx.recv().await {
-        let result = match to_wire(&cluster_id, m) {
-            Outbound::Append(r) => unary(deadline, client.append_entries(r)).await,
-            Outbound::Vote(r) => unary(deadline, client.request_vote(r)).await,
-            Outbound::TimeoutNow(r) => unary(deadline, client.timeout_now(r)).await,
-            Outbound::Respond(mut r) => {
-                r.lease_guard_ms = lease_guard_ms;
-                unary(deadline, client.respond(r)).await
-            }
-            Outbound::Snapshot { header, meta } => {
-                if snapshot_task.as_ref().is_some_and(|t| !t.is_finished()) {
-                    // One transfer at a time; the core asks again if this one fails.
-                    continue;
+    while let Some(first) = rx.recv().await {
+        let result = if unary_only {
+            send_unary(&task, &client, &mut snapshot_task, first).await
+        } else {
+            match pipe(&task, &client, &mut snapshot_task, first, &mut rx).await {
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    info!(peer = task.peer, addr = %task.addr, "the peer does not serve Raft.Pipe; sending unary calls");
+                    unary_only = true;
+                    Ok(())
                 }
-                snapshot_task = Some(crate::task::spawn(send_snapshot(
-                    client.clone(),
-                    header,
-                    meta,
-                    snapshots.clone(),
-                    cfg.snapshot_chunk,
-                    feedback.clone(),
-                    metrics.clone(),
-                )));
-                Ok(())
+                r => r,
             }
         };
         if let Err(status) = result {
-            log_send_failure(id, &addr, &status, &tls_log);
-            metrics.peer_failed(id);
-            let _ = feedback.try_send(Inbound::Unreachable(id));
+            log_send_failure(task.peer, &task.addr, &status, &tls_log);
+            task.shared.metrics.peer_failed(task.peer);
+            let _ = task
+                .shared
+                .feedback
+                .try_send(Inbound::Unreachable(task.peer));
             // Whatever is queued was meant for a peer we cannot reach now; the core resends what
             // matters, so drop it rather than pay a connect timeout per message.
             while let Ok(m) = rx.try_recv() {
-                undelivered(&feedback, &m);
+                undelivered(&task.shared.feedback, &m);
             }
         }
     }
     if let Some(t) = snapshot_task {
         t.abort();
+    }
+}
+
+/// Opens a `Pipe` stream with `first` and keeps feeding it from `rx` until the stream ends
+/// (the peer refused a message, or the connection broke: HTTP/2 keepalive notices a peer that
+/// stopped answering) or the lane is closed. Only the stream's outcome is awaited, never a
+/// message's, so several appends are in flight at once, in order.
+async fn pipe(
+    task: &LaneTask,
+    client: &RaftClient<Channel>,
+    snapshot_task: &mut Option<JoinHandle<()>>,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> Result<(), tonic::Status> {
+    let (tx, body) = mpsc::channel(PIPE_BUFFER);
+    let mut caller = client.clone();
+    let call = async move {
+        caller
+            .pipe(tokio_stream::wrappers::ReceiverStream::new(body))
+            .await
+    };
+    tokio::pin!(call);
+    let closed = || tonic::Status::unavailable("the stream to the peer closed");
+    let mut next = Some(first);
+    loop {
+        if let Some(m) = next.take()
+            && let Some(envelope) = envelope(task, client, snapshot_task, m)
+        {
+            tokio::select! {
+                biased;
+                ended = &mut call => return ended.map(drop),
+                sent = tx.send(envelope) => if sent.is_err() { return Err(closed()) },
+            }
+        }
+        tokio::select! {
+            biased;
+            ended = &mut call => return ended.map(drop),
+            m = rx.recv() => match m {
+                Some(m) => next = Some(m),
+                // The peer was removed: end the stream cleanly.
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// The envelope that carries `m` on a `Pipe` stream; `None` for a snapshot offer, which is
+/// started here on its own stream instead.
+fn envelope(
+    task: &LaneTask,
+    client: &RaftClient<Channel>,
+    snapshot_task: &mut Option<JoinHandle<()>>,
+    m: Message,
+) -> Option<pb::RaftEnvelope> {
+    use pb::raft_envelope::Kind;
+    let kind = match to_wire(&task.shared.cluster_id, m) {
+        Outbound::Append(r) => Kind::AppendEntries(r),
+        Outbound::Vote(r) => Kind::RequestVote(r),
+        Outbound::TimeoutNow(r) => Kind::TimeoutNow(r),
+        Outbound::Respond(mut r) => {
+            r.lease_guard_ms = lease_guard_ms(&task.shared.cfg);
+            Kind::Respond(r)
+        }
+        Outbound::Snapshot { header, meta } => {
+            start_snapshot(task, client, snapshot_task, header, meta);
+            return None;
+        }
+    };
+    Some(pb::RaftEnvelope { kind: Some(kind) })
+}
+
+/// This node's lease guard in milliseconds, as every response reports it.
+fn lease_guard_ms(cfg: &TransportConfig) -> u64 {
+    u64::try_from(cfg.lease_guard.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Starts streaming a snapshot unless one is already being sent to this peer.
+fn start_snapshot(
+    task: &LaneTask,
+    client: &RaftClient<Channel>,
+    snapshot_task: &mut Option<JoinHandle<()>>,
+    header: Header,
+    meta: SnapshotMeta,
+) {
+    if snapshot_task.as_ref().is_some_and(|t| !t.is_finished()) {
+        // One transfer at a time; the core asks again if this one fails.
+        return;
+    }
+    let shared = &task.shared;
+    *snapshot_task = Some(crate::task::spawn(send_snapshot(
+        client.clone(),
+        header,
+        meta,
+        shared.snapshots.clone(),
+        shared.cfg.snapshot_chunk,
+        shared.feedback.clone(),
+        shared.metrics.clone(),
+    )));
+}
+
+/// Sends `m` as its own unary call and waits for the ack (for peers without `Pipe`).
+async fn send_unary(
+    task: &LaneTask,
+    client: &RaftClient<Channel>,
+    snapshot_task: &mut Option<JoinHandle<()>>,
+    m: Message,
+) -> Result<(), tonic::Status> {
+    let mut client = client.clone();
+    // Unary calls get a deadline each; snapshot streams have none (they may be long) and rely on
+    // HTTP/2 keepalive to notice a dead peer.
+    let deadline = task.shared.cfg.rpc_timeout;
+    match to_wire(&task.shared.cluster_id, m) {
+        Outbound::Append(r) => unary(deadline, client.append_entries(r)).await,
+        Outbound::Vote(r) => unary(deadline, client.request_vote(r)).await,
+        Outbound::TimeoutNow(r) => unary(deadline, client.timeout_now(r)).await,
+        Outbound::Respond(mut r) => {
+            r.lease_guard_ms = lease_guard_ms(&task.shared.cfg);
+            unary(deadline, client.respond(r)).await
+        }
+        Outbound::Snapshot { header, meta } => {
+            start_snapshot(task, &client, snapshot_task, header, meta);
+            Ok(())
+        }
     }
 }
 
@@ -277,106 +458,6 @@ async fn unary<T>(
             "peer did not answer in time",
         )),
     }
-}
-
-/// Streams the committed snapshot `meta` in chunks and reports the outcome to the core.
-async fn send_snapshot(
-    mut client: RaftClient<Channel>,
-    header: Header,
-    meta: SnapshotMeta,
-    snapshots: SnapshotStore,
-    chunk: usize,
-    feedback: mpsc::Sender<Inbound>,
-    metrics: std::sync::Arc<Metrics>,
-) {
-    let peer = header.to;
-    let ok = match stream_snapshot(&mut client, &header, &meta, &snapshots, chunk).await {
-        Ok(()) => true,
-        Err(e) => {
-            warn!(peer, index = meta.index, error = %e, "snapshot transfer failed");
-            false
-        }
-    };
-    metrics.snapshot_sent(ok);
-    let _ = feedback.send(Inbound::SnapshotStatus { peer, ok }).await;
-}
-
-/// Why a snapshot transfer to a peer failed.
-#[derive(Debug, thiserror::Error)]
-enum SnapshotSendError {
-    /// The snapshot file could not be opened.
-    #[error("opening the snapshot: {0}")]
-    Open(#[from] crate::storage::StorageError),
-    /// Reading a chunk of it failed.
-    #[error("reading the snapshot: {0}")]
-    Read(#[from] std::io::Error),
-    /// The stream closed before every chunk was handed to it.
-    #[error("the snapshot stream was closed")]
-    StreamClosed,
-    /// The task that reads the chunks stopped (panicked).
-    #[error("the snapshot reader task stopped: {0}")]
-    Reader(#[from] tokio::task::JoinError),
-    /// The peer refused the stream or the call failed.
-    #[error("the peer answered: {0}")]
-    Rpc(#[from] tonic::Status),
-}
-
-async fn stream_snapshot(
-    client: &mut RaftClient<Channel>,
-    header: &Header,
-    meta: &SnapshotMeta,
-    snapshots: &SnapshotStore,
-    chunk: usize,
-) -> Result<(), SnapshotSendError> {
-    // Reading the file blocks, so chunks are read on the blocking pool and fed through a small
-    // channel: the stream applies backpressure and never holds the whole snapshot in memory.
-    let mut reader = snapshots.open(meta)?;
-    let (tx, rx) = mpsc::channel::<pb::InstallSnapshotRequest>(4);
-    let base = pb::InstallSnapshotRequest {
-        cluster_id: header.cluster_id.clone(),
-        from: header.from,
-        to: header.to,
-        term: header.term,
-        ..Default::default()
-    };
-    let wire_meta = meta_to_wire(meta);
-    let producer = tokio::task::spawn_blocking(move || -> Result<(), SnapshotSendError> {
-        let mut offset = 0u64;
-        let mut first = true;
-        loop {
-            let mut buf = vec![0u8; chunk];
-            let mut filled = 0;
-            while filled < chunk {
-                let n = reader.read(&mut buf[filled..])?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            buf.truncate(filled);
-            let done = filled < chunk;
-            let req = pb::InstallSnapshotRequest {
-                meta: first.then(|| wire_meta.clone()),
-                offset,
-                data: buf.into(),
-                done,
-                ..base.clone()
-            };
-            first = false;
-            offset += filled as u64;
-            if tx.blocking_send(req).is_err() {
-                return Err(SnapshotSendError::StreamClosed);
-            }
-            if done {
-                return Ok(());
-            }
-        }
-    });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let sent = client.install_snapshot(stream).await;
-    producer.await??;
-    sent?;
-    Ok(())
 }
 
 #[cfg(test)]

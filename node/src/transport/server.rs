@@ -2,8 +2,9 @@
 //!
 //! Admission checks: the message names this node as recipient and carries this cluster's id
 //! (addresses are reused when pods move, and a message meant for another node or cluster must
-//! never reach the core), and it decodes into a valid core message. A full queue answers
-//! RESOURCE_EXHAUSTED: the message is dropped, which Raft tolerates.
+//! never reach the core), and it decodes into a valid core message. On a unary call a full queue
+//! answers RESOURCE_EXHAUSTED: the message is dropped, which Raft tolerates. On a `Pipe` stream
+//! (how nodes send to each other) messages are queued in the order they came, waiting for room.
 //!
 //! With peer TLS, the sender is also authenticated: the handshake proved the certificate chains
 //! to the peer CA, and here the certificate must be valid for the host of the peer address the
@@ -16,6 +17,7 @@ use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
 use raftkv_proto::v1 as pb;
+use raftkv_proto::v1::raft_envelope::Kind;
 use raftkv_raft::NodeId;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -131,14 +133,8 @@ impl RaftService {
         Ok(())
     }
 
-    fn admit(
-        &self,
-        certs: &PeerCerts,
-        h: Header,
-        inbound: Inbound,
-    ) -> Result<Response<pb::RaftAck>, Status> {
-        self.check(&h)?;
-        self.authenticate(certs, h.from)?;
+    /// Queues a checked message for the core without waiting (a unary call's admission).
+    fn admit(&self, inbound: Inbound) -> Result<Response<pb::RaftAck>, Status> {
         self.tx.try_send(inbound).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 Status::resource_exhausted("the node's raft inbox is full")
@@ -153,6 +149,38 @@ fn invalid(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// Checks, authenticates and converts one message of any kind, as its unary RPC or a `Pipe`
+/// stream carries it; `certs` are those of the connection it came on.
+fn decode(service: &RaftService, certs: &PeerCerts, kind: Kind) -> Result<Inbound, Status> {
+    let (h, m, lease_guard_ms) = match kind {
+        Kind::AppendEntries(r) => {
+            let (h, m) = append_from_wire(r).map_err(invalid)?;
+            (h, m, None)
+        }
+        Kind::RequestVote(r) => {
+            let (h, m) = vote_from_wire(r);
+            (h, m, None)
+        }
+        Kind::TimeoutNow(r) => {
+            let (h, m) = timeout_now_from_wire(r);
+            (h, m, None)
+        }
+        Kind::Respond(r) => {
+            let guard_ms = r.lease_guard_ms;
+            let (h, m) = response_from_wire(r).map_err(invalid)?;
+            (h, m, Some(guard_ms))
+        }
+    };
+    service.check(&h)?;
+    service.authenticate(certs, h.from)?;
+    if let Some(guard_ms) = lease_guard_ms {
+        // Recorded before the message reaches the driver: an acknowledgement that extends a
+        // lease is always timed with its sender's current guard.
+        service.guards.record(h.from, guard_ms);
+    }
+    Ok(Inbound::Message(m))
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn append_entries(
@@ -160,8 +188,8 @@ impl pb::raft_server::Raft for RaftService {
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
         let certs = req.peer_certs();
-        let (h, m) = append_from_wire(req.into_inner()).map_err(invalid)?;
-        self.admit(&certs, h, Inbound::Message(m))
+        let inbound = decode(self, &certs, Kind::AppendEntries(req.into_inner()))?;
+        self.admit(inbound)
     }
 
     async fn request_vote(
@@ -169,8 +197,8 @@ impl pb::raft_server::Raft for RaftService {
         req: Request<pb::RequestVoteRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
         let certs = req.peer_certs();
-        let (h, m) = vote_from_wire(req.into_inner());
-        self.admit(&certs, h, Inbound::Message(m))
+        let inbound = decode(self, &certs, Kind::RequestVote(req.into_inner()))?;
+        self.admit(inbound)
     }
 
     async fn timeout_now(
@@ -178,8 +206,8 @@ impl pb::raft_server::Raft for RaftService {
         req: Request<pb::TimeoutNowRequest>,
     ) -> Result<Response<pb::RaftAck>, Status> {
         let certs = req.peer_certs();
-        let (h, m) = timeout_now_from_wire(req.into_inner());
-        self.admit(&certs, h, Inbound::Message(m))
+        let inbound = decode(self, &certs, Kind::TimeoutNow(req.into_inner()))?;
+        self.admit(inbound)
     }
 
     async fn respond(
@@ -187,15 +215,39 @@ impl pb::raft_server::Raft for RaftService {
         req: Request<pb::RaftResponse>,
     ) -> Result<Response<pb::RaftAck>, Status> {
         let certs = req.peer_certs();
-        let req = req.into_inner();
-        let guard_ms = req.lease_guard_ms;
-        let (h, m) = response_from_wire(req).map_err(invalid)?;
-        self.check(&h)?;
-        self.authenticate(&certs, h.from)?;
-        // Recorded before the message reaches the driver: an acknowledgement that extends a
-        // lease is always timed with its sender's current guard.
-        self.guards.record(h.from, guard_ms);
-        self.admit(&certs, h, Inbound::Message(m))
+        let inbound = decode(self, &certs, Kind::Respond(req.into_inner()))?;
+        self.admit(inbound)
+    }
+
+    async fn pipe(
+        &self,
+        req: Request<Streaming<pb::RaftEnvelope>>,
+    ) -> Result<Response<pb::RaftAck>, Status> {
+        let certs = req.peer_certs();
+        let mut stream = req.into_inner();
+        loop {
+            // A pipe lives as long as its sender wants; end it when the driver stops, so that the
+            // server's graceful drain at shutdown does not wait for the peers to close theirs.
+            let envelope = tokio::select! {
+                next = stream.next() => match next {
+                    Some(envelope) => envelope,
+                    None => break,
+                },
+                _ = self.tx.closed() => return Err(Status::unavailable("the node is stopping")),
+            };
+            let kind = envelope?
+                .kind
+                .ok_or_else(|| Status::invalid_argument("a raft envelope with no message"))?;
+            // Every message is authenticated, not just the first: `from` is per message.
+            let inbound = decode(self, &certs, kind)?;
+            // Unlike a unary call, wait for room: the messages behind this one keep their order,
+            // and HTTP/2 flow control slows the sender down meanwhile.
+            self.tx
+                .send(inbound)
+                .await
+                .map_err(|_| Status::unavailable("the node is stopping"))?;
+        }
+        Ok(Response::new(pb::RaftAck {}))
     }
 
     async fn install_snapshot(
@@ -259,7 +311,10 @@ impl pb::raft_server::Raft for RaftService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(format!("cannot seal snapshot: {e}")))?;
+        // Checked again at admission: the membership may have changed during the transfer.
+        self.check(&header)?;
+        self.authenticate(&certs, header.from)?;
         let msg = snapshot_message(&header, meta);
-        self.admit(&certs, header, Inbound::Snapshot { msg, data: staged })
+        self.admit(Inbound::Snapshot { msg, data: staged })
     }
 }

@@ -96,11 +96,15 @@ pub enum Inbound {
 pub struct TransportConfig {
     /// How long a connection attempt may take.
     pub connect_timeout: Duration,
-    /// How long one RPC may take (a snapshot stream gets this per chunk).
+    /// How long a unary call may take, and how long a keepalive ping may go unanswered before the
+    /// connection (with its `Pipe` streams and any snapshot stream) is given up.
     pub rpc_timeout: Duration,
-    /// HTTP/2 keepalive ping interval.
+    /// HTTP/2 keepalive ping interval when nothing arrives from the peer. Messages on a `Pipe`
+    /// stream get no answer of their own, so these pings are how a peer that stopped answering
+    /// (a paused process, a dropped network) is noticed: within this plus `rpc_timeout`.
     pub keepalive_interval: Duration,
-    /// Messages queued per peer before new ones are dropped (and the peer reported unreachable).
+    /// Messages queued per peer and lane before new ones are dropped (and the peer reported
+    /// unreachable).
     pub queue_len: usize,
     /// Bytes of snapshot data per chunk.
     pub snapshot_chunk: usize,
@@ -116,7 +120,7 @@ impl Default for TransportConfig {
         Self {
             connect_timeout: Duration::from_secs(1),
             rpc_timeout: Duration::from_secs(5),
-            keepalive_interval: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(1),
             queue_len: 1024,
             snapshot_chunk: 256 << 10,
             lease_guard: Duration::ZERO,
