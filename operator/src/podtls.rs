@@ -139,57 +139,47 @@ pub fn pod_tls(cluster: &str, tls: Option<&TlsSpec>) -> PodTls {
         .client
         .as_ref()
         .and_then(|c| Some((c.source().ok()?, c.require_client_certificate)));
-    let own = |dir: &str| {
-        (
-            format!("{dir}/$({POD_NAME_ENV}).crt"),
-            format!("{dir}/$({POD_NAME_ENV}).key"),
-        )
-    };
-    let shared = |dir: &str| (format!("{dir}/tls.crt"), format!("{dir}/tls.key"));
-    let mount = |out: &mut PodTls, volume: &str, secret: String, dir: &str| {
+    let mut per_pod = false;
+    // Mounts the files of one port and says where its certificate, key and CA are: the pod's own
+    // pair from the operator's Secret (`auto`), or the cert-manager layout of a named Secret.
+    let mut files = |out: &mut PodTls, source: CertSource<'_>, volume: &str, dir: &'static str| {
+        let (volume, secret, dir) = match source {
+            CertSource::Auto => {
+                per_pod = true;
+                ("tls", certs_secret_name(cluster), AUTO_DIR)
+            }
+            CertSource::Secret(secret) => (volume, secret.to_string(), dir),
+        };
         if !out.volumes.iter().any(|v| v.name == volume) {
             let (v, m) = secret_volume(volume, secret, dir);
             out.volumes.push(v);
             out.mounts.push(m);
         }
-    };
-    let mut per_pod = false;
-    if let Some(source) = peer {
-        let ((cert, key), dir) = match source {
-            CertSource::Auto => {
-                mount(&mut out, "tls", certs_secret_name(cluster), AUTO_DIR);
-                per_pod = true;
-                (own(AUTO_DIR), AUTO_DIR)
-            }
-            CertSource::Secret(secret) => {
-                mount(&mut out, "peer-tls", secret.to_string(), PEER_DIR);
-                (shared(PEER_DIR), PEER_DIR)
-            }
+        let (cert, key) = match source {
+            CertSource::Auto => (
+                format!("{dir}/$({POD_NAME_ENV}).crt"),
+                format!("{dir}/$({POD_NAME_ENV}).key"),
+            ),
+            CertSource::Secret(_) => (format!("{dir}/tls.crt"), format!("{dir}/tls.key")),
         };
+        (cert, key, format!("{dir}/{CA_KEY}"))
+    };
+    if let Some(source) = peer {
+        let (cert, key, ca) = files(&mut out, source, "peer-tls", PEER_DIR);
         out.args.extend([
             format!("--peer-cert={cert}"),
             format!("--peer-key={key}"),
-            format!("--peer-ca={dir}/{CA_KEY}"),
+            format!("--peer-ca={ca}"),
         ]);
     }
     if let Some((source, required)) = client {
-        let ((cert, key), dir) = match source {
-            CertSource::Auto => {
-                mount(&mut out, "tls", certs_secret_name(cluster), AUTO_DIR);
-                per_pod = true;
-                (own(AUTO_DIR), AUTO_DIR)
-            }
-            CertSource::Secret(secret) => {
-                mount(&mut out, "client-tls", secret.to_string(), CLIENT_DIR);
-                (shared(CLIENT_DIR), CLIENT_DIR)
-            }
-        };
+        let (cert, key, ca) = files(&mut out, source, "client-tls", CLIENT_DIR);
         out.args.extend([
             format!("--client-cert={cert}"),
             format!("--client-key={key}"),
         ]);
         if required {
-            out.args.push(format!("--client-ca={dir}/{CA_KEY}"));
+            out.args.push(format!("--client-ca={ca}"));
         }
         out.args
             .push(format!("--listen-health=0.0.0.0:{HEALTH_PORT}"));
