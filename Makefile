@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is the one CI runs (through .ci/run) and the README shows.
-.PHONY: run build test lint fmt purity fault sim-replay bench-storage bench-etcd bench-scale bench-tls image container-e2e crd chart e2e-kind
+.PHONY: run build test lint fmt purity fault sim-replay bench-storage bench-etcd bench-scale bench-tls bench-profile image container-e2e crd chart e2e-kind
 
 CARGO ?= cargo
 
@@ -64,6 +64,12 @@ fault:
 # Replays one simulation seed with full output: make sim-replay SEED=1234
 sim-replay:
 	SIM_SEED=$(SEED) $(CARGO) test -p raftkv-raft --test simulation -- --nocapture
+
+# Where the CPU goes with puts from 128 clients, raftkv and etcd in one run (perf record -a): by
+# process, the leader's threads, layers and hottest functions; writes its section of
+# docs/benchmarks.md. About 2 min; installs Debian's linux-perf when perf is missing.
+bench-profile:
+	scripts/bench-profile.sh
 
 # The images raftkv/kvnode:dev and raftkv/kv-operator:dev (IMAGE=..., OPERATOR_IMAGE=...): from
 # source where the Rust image can be pulled, else from release binaries built here on a base made

@@ -55,13 +55,15 @@ bench_drop_data() {
   rm -rf "$BENCH_DIR"/raftkv/node-*/ "$BENCH_DIR"/etcd/e*/
 }
 
-# Builds kvnode and kvctl: release with the etcd target, or debug (BENCH_PROFILE=debug) as CI's
-# tests build them, so the smoke run reuses their build.
+# Builds kvnode and kvctl: release with the etcd target, or debug (BENCH_PROFILE=debug) exactly as
+# the tests build them (`cargo test --no-run`; the tests run both binaries), so that the smoke run
+# after CI's tests builds nothing. A plain `cargo build --bin` would unify features without the
+# dev-dependencies and rebuild tokio, tonic and the workspace for the same two binaries.
 bench_build() {
-  local flags=(--release --features raftkv-client/etcd)
-  [ "$BENCH_PROFILE" = release ] || flags=()
-  log "building kvnode and kvctl (cargo build ${flags[*]})"
-  (cd "$ROOT" && cargo build "${flags[@]}" --bin kvnode --bin kvctl) || die "build failed"
+  local cmd=(cargo build --release --features raftkv-client/etcd --bin kvnode --bin kvctl)
+  [ "$BENCH_PROFILE" = release ] || cmd=(cargo test --workspace --no-run)
+  log "building kvnode and kvctl (${cmd[*]})"
+  (cd "$ROOT" && "${cmd[@]}") || die "build failed"
 }
 
 # Whether nothing listens on 127.0.0.1:PORT.
@@ -149,6 +151,72 @@ wait_serving() {
     sleep 0.05
   done
   awk -v s="$start" -v n="$EPOCHREALTIME" 'BEGIN { printf "%.2f\n", n - s }'
+}
+
+# ----- etcd, the reference (make bench-etcd, make bench-profile) ------------------------------
+
+# ETCD_PORT_BASE [22300]: etcd clients on BASE+1..3, peers on BASE+101..103.
+ETCD_PORT_BASE="${ETCD_PORT_BASE:-22300}"
+# Keys and connections of every kvctl bench run (`bench` below); callers may set them.
+KEYS="${BENCH_KEYS:-1000}"
+CONNECTIONS="${BENCH_CONNECTIONS:-8}"
+
+# The client endpoints of the etcd cluster, comma-separated.
+etcd_endpoints() {
+  local i list=()
+  for i in 1 2 3; do list+=("127.0.0.1:$((ETCD_PORT_BASE + i))"); done
+  (IFS=,; echo "${list[*]}")
+}
+
+# Process ids of the etcd members, by member number (1..3); read by make bench-profile.
+ETCD_PIDS=()
+
+# Starts a 3-member etcd (Debian's etcd-server, installed with apt when missing) with its data in
+# BENCH_DIR/etcd, on the first free ports from ETCD_PORT_BASE (which it updates).
+etcd_start() {
+  if ! command -v etcd >/dev/null 2>&1; then
+    log "installing etcd-server (Debian) with apt"
+    { apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; } \
+      || die "cannot install etcd-server"
+  fi
+  local i cluster=""
+  ETCD_PORT_BASE=$(free_port_base "$ETCD_PORT_BASE")
+  for i in 1 2 3; do
+    cluster+="${cluster:+,}e$i=http://127.0.0.1:$((ETCD_PORT_BASE + 100 + i))"
+  done
+  mkdir -p "$BENCH_DIR/etcd"
+  for i in 1 2 3; do
+    local client="http://127.0.0.1:$((ETCD_PORT_BASE + i))"
+    local peer="http://127.0.0.1:$((ETCD_PORT_BASE + 100 + i))"
+    etcd --name "e$i" --data-dir "$BENCH_DIR/etcd/e$i" \
+      --listen-client-urls "$client" --advertise-client-urls "$client" \
+      --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+      --initial-cluster "$cluster" --initial-cluster-token bench --initial-cluster-state new \
+      --logger zap --log-level warn >>"$BENCH_DIR/etcd/e$i.log" 2>&1 &
+    # shellcheck disable=SC2034  # read by scripts/bench-profile.sh
+    ETCD_PIDS[i]=$!
+    BENCH_PIDS+=("$!")
+  done
+}
+
+# Runs one kvctl bench against TARGET ($1); the rest of the arguments are bench flags.
+# Prints the JSON report on stdout.
+bench() {
+  local target=$1 endpoints
+  shift
+  if [ "$target" = raftkv ]; then endpoints=$(raftkv_endpoints); else endpoints=$(etcd_endpoints); fi
+  "$KVCTL" --endpoints "$endpoints" --timeout 10s --json bench --target "$target" \
+    --keys "$KEYS" --connections "$CONNECTIONS" "$@"
+}
+
+# Waits until TARGET answers a linearizable read (up to 120 s).
+wait_target() {
+  local target=$1
+  for _ in $(seq 240); do
+    if bench "$target" --clients 1 --requests 1 --read-ratio 1 >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  die "$target did not serve a linearizable read within 120 s (logs in $BENCH_DIR)"
 }
 
 # Mean latency of a 4 KiB write + fdatasync, in ms, measured with dd's O_DSYNC in directory $1.

@@ -22,63 +22,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/bench-common.sh"
 SECONDS_PER_CELL="${BENCH_SECONDS:-8}"
 CLIENTS="${BENCH_CLIENTS:-1 8 32 128 512}"
 VALUE_SIZES="${BENCH_VALUE_SIZES:-256 4096}"
-KEYS="${BENCH_KEYS:-1000}"
-CONNECTIONS="${BENCH_CONNECTIONS:-8}"
 PLOT_CLIENTS="${BENCH_PLOT_CLIENTS:-128}"
-ETCD_PORT_BASE="${ETCD_PORT_BASE:-22300}"
 WORKLOADS="put get-linearizable get-lease"
 PLOT_DIR="$ROOT/docs/bench"
 RESULTS="$BENCH_DIR/results"
-
-etcd_endpoints() {
-  local i list=()
-  for i in 1 2 3; do list+=("127.0.0.1:$((ETCD_PORT_BASE + i))"); done
-  (IFS=,; echo "${list[*]}")
-}
-
-etcd_start() {
-  if ! command -v etcd >/dev/null 2>&1; then
-    log "installing etcd-server (Debian) with apt"
-    { apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; } \
-      || die "cannot install etcd-server"
-  fi
-  local i cluster=""
-  ETCD_PORT_BASE=$(free_port_base "$ETCD_PORT_BASE")
-  for i in 1 2 3; do
-    cluster+="${cluster:+,}e$i=http://127.0.0.1:$((ETCD_PORT_BASE + 100 + i))"
-  done
-  mkdir -p "$BENCH_DIR/etcd"
-  for i in 1 2 3; do
-    local client="http://127.0.0.1:$((ETCD_PORT_BASE + i))"
-    local peer="http://127.0.0.1:$((ETCD_PORT_BASE + 100 + i))"
-    etcd --name "e$i" --data-dir "$BENCH_DIR/etcd/e$i" \
-      --listen-client-urls "$client" --advertise-client-urls "$client" \
-      --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-      --initial-cluster "$cluster" --initial-cluster-token bench --initial-cluster-state new \
-      --logger zap --log-level warn >>"$BENCH_DIR/etcd/e$i.log" 2>&1 &
-    BENCH_PIDS+=("$!")
-  done
-}
-
-# Runs one kvctl bench against TARGET ($1); the rest of the arguments are bench flags.
-# Prints the JSON report on stdout.
-bench() {
-  local target=$1 endpoints
-  shift
-  if [ "$target" = raftkv ]; then endpoints=$(raftkv_endpoints); else endpoints=$(etcd_endpoints); fi
-  "$KVCTL" --endpoints "$endpoints" --timeout 10s --json bench --target "$target" \
-    --keys "$KEYS" --connections "$CONNECTIONS" "$@"
-}
-
-# Waits until TARGET answers a linearizable read (up to 120 s).
-wait_target() {
-  local target=$1
-  for _ in $(seq 240); do
-    if bench "$target" --clients 1 --requests 1 --read-ratio 1 >/dev/null 2>&1; then return 0; fi
-    sleep 0.5
-  done
-  die "$target did not serve a linearizable read within 120 s (logs in $BENCH_DIR)"
-}
 
 main() {
   bench_init
