@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is the one CI runs (through .ci/run) and the README shows.
-.PHONY: run build test lint fmt purity fault sim-replay bench-storage bench-etcd bench-scale bench-tls bench-profile image container-e2e crd chart e2e-kind
+.PHONY: run build test lint fmt purity fault sim-replay bench-storage bench-etcd bench-scale bench-tls bench-profile bench-ab image container-e2e crd chart e2e-kind
 
 CARGO ?= cargo
 
@@ -70,6 +70,11 @@ sim-replay:
 # docs/benchmarks.md. About 2 min; installs Debian's linux-perf when perf is missing.
 bench-profile:
 	scripts/bench-profile.sh
+
+# One change's effect in one run: an earlier build's kvnode/kvctl (BEFORE=DIR) against this tree's
+# release build, alternating, puts from 128 clients by default (see the script's header).
+bench-ab:
+	scripts/bench-ab.sh "$(BEFORE)"
 
 # The images raftkv/kvnode:dev and raftkv/kv-operator:dev (IMAGE=..., OPERATOR_IMAGE=...): from
 # source where the Rust image can be pulled, else from release binaries built here on a base made

@@ -7,14 +7,17 @@
 # Variables the caller may set before sourcing: BENCH_DIR (data and results; default
 # target/bench-data, on the repository's disk rather than a tmpfs, so fsync is real),
 # BENCH_PORT_BASE (raftkv clients on BASE+1.., peers on BASE+101..; default 27000) and
-# BENCH_PROFILE (release, the default, with the etcd target; or debug, for the CI smoke run).
+# BENCH_PROFILE (release, the default, with the etcd target; or debug, for the CI smoke run),
+# BENCH_KVNODE and BENCH_KVCTL (below).
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_DIR="${BENCH_DIR:-$ROOT/target/bench-data}"
 BENCH_PORT_BASE="${BENCH_PORT_BASE:-27000}"
 BENCH_PROFILE="${BENCH_PROFILE:-release}"
-KVNODE="$ROOT/target/$BENCH_PROFILE/kvnode"
-KVCTL="$ROOT/target/$BENCH_PROFILE/kvctl"
+# BENCH_KVNODE / BENCH_KVCTL run other binaries than the ones built here (a before/after
+# comparison against a saved build); the build still runs.
+KVNODE="${BENCH_KVNODE:-$ROOT/target/$BENCH_PROFILE/kvnode}"
+KVCTL="${BENCH_KVCTL:-$ROOT/target/$BENCH_PROFILE/kvctl}"
 DOC="$ROOT/docs/benchmarks.md"
 # Process ids of everything started here, stopped by bench_cleanup.
 BENCH_PIDS=()
@@ -55,15 +58,20 @@ bench_drop_data() {
   rm -rf "$BENCH_DIR"/raftkv/node-*/ "$BENCH_DIR"/etcd/e*/
 }
 
-# Builds kvnode and kvctl: release with the etcd target, or debug (BENCH_PROFILE=debug) exactly as
-# the tests build them (`cargo test --no-run`; the tests run both binaries), so that the smoke run
-# after CI's tests builds nothing. A plain `cargo build --bin` would unify features without the
-# dev-dependencies and rebuild tokio, tonic and the workspace for the same two binaries.
+# Builds kvnode and kvctl: release with the etcd target, or debug (BENCH_PROFILE=debug). With
+# BENCH_BUILD=0 it builds nothing and uses the binaries in target/ as they are: CI's smoke run
+# right after the tests (a `cargo build --bin` there would unify features without the
+# dev-dependencies and compile tokio, tonic and the workspace again for the same two binaries).
 bench_build() {
-  local cmd=(cargo build --release --features raftkv-client/etcd --bin kvnode --bin kvctl)
-  [ "$BENCH_PROFILE" = release ] || cmd=(cargo test --workspace --no-run)
-  log "building kvnode and kvctl (${cmd[*]})"
-  (cd "$ROOT" && "${cmd[@]}") || die "build failed"
+  if [ "${BENCH_BUILD:-1}" = 0 ]; then
+    [ -x "$KVNODE" ] && [ -x "$KVCTL" ] || die "BENCH_BUILD=0 but $KVNODE or $KVCTL is missing"
+    log "using $KVNODE and $KVCTL as built (BENCH_BUILD=0)"
+    return 0
+  fi
+  local flags=(--release --features raftkv-client/etcd)
+  [ "$BENCH_PROFILE" = release ] || flags=()
+  log "building kvnode and kvctl (cargo build ${flags[*]})"
+  (cd "$ROOT" && cargo build "${flags[@]}" --bin kvnode --bin kvctl) || die "build failed"
 }
 
 # Whether nothing listens on 127.0.0.1:PORT.

@@ -3,7 +3,8 @@
 # it must finish with sane JSON (requests succeeded, percentiles in order) and a well-formed SVG
 # plot. It checks that the tool works, never how fast anything is.
 #
-# Environment: BENCH_SMOKE_SECONDS [5], BENCH_PROFILE [debug], BENCH_DIR, BENCH_PORT_BASE [27500].
+# Environment: BENCH_SMOKE_SECONDS [5], BENCH_PROFILE [debug], BENCH_BUILD [1; CI: 0, the tests'
+# binaries as they are], BENCH_DIR, BENCH_PORT_BASE [27500].
 set -euo pipefail
 
 export BENCH_PROFILE="${BENCH_PROFILE:-debug}"

@@ -42,7 +42,7 @@ async fn tls_cluster(n: u64, client_ca: bool, extra_args: Vec<String>) -> Cluste
     .await
 }
 
-/// Runs the kvctl binary (built on demand: it belongs to the client package).
+/// Runs the kvctl binary (see `ensure_kvctl`: it belongs to the client package).
 async fn kvctl(
     args: Vec<String>,
     env: Vec<(&'static str, String)>,

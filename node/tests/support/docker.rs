@@ -244,21 +244,51 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// `kvctl` belongs to another package of the workspace, so `cargo test -p raftkv-node` does not
-/// build it; the image needs it next to kvnode. A `-p raftkv-client` build resolves a few
-/// dependencies' features differently from `cargo test --workspace`, so the first run compiles
-/// the client (and what depends on those features) once more; later runs find it fresh.
+/// build it; the image and the TLS tests need it next to kvnode. `cargo test --workspace` (CI,
+/// `make test`) has built it already, for the client's own tests: that one is used as it is. It
+/// is built here only when it is missing or older than the client's or the protocol's sources:
+/// a `-p raftkv-client` build resolves a few dependencies' features differently from `cargo test
+/// --workspace`, so it compiles rustls, tonic and the client once more, and the next workspace
+/// build (the doc tests) compiles them back.
 pub fn ensure_kvctl(bin_dir: &Path) {
+    let kvctl = bin_dir.join("kvctl");
+    let built = std::fs::metadata(&kvctl).and_then(|m| m.modified()).ok();
+    let root = repo_root();
+    let sources = newest_mtime(&root.join("client/src")).max(newest_mtime(&root.join("proto")));
+    if built.is_some_and(|built| sources.is_none_or(|sources| sources <= built)) {
+        return;
+    }
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "-p", "raftkv-client", "--bin", "kvctl"])
-        .current_dir(repo_root())
+        .current_dir(&root)
         .status()
         .expect("run cargo build for kvctl");
     assert!(status.success(), "cargo build --bin kvctl failed: {status}");
     assert!(
-        bin_dir.join("kvctl").exists(),
+        kvctl.exists(),
         "kvctl was built, but not into {}",
         bin_dir.display()
     );
+}
+
+/// The latest modification time of any file under `dir` (`None` if there is none).
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if let Ok(modified) = meta.modified() {
+                newest = newest.max(Some(modified));
+            }
+        }
+    }
+    newest
 }
 
 // ----- the cluster ---------------------------------------------------------------------------
