@@ -35,10 +35,8 @@ measure() {
   else
     KVNODE=$AFTER_KVNODE KVCTL=$AFTER_KVCTL
   fi
-  rm -rf "$BENCH_DIR/raftkv"
-  raftkv_start
+  raftkv_start_fresh
   endpoints=$(raftkv_endpoints)
-  wait_serving "$endpoints" 120 >/dev/null
   log "$build, round $round: $CLIENTS clients, read ratio $READ_RATIO, ${SECONDS_PER}s"
   "$KVCTL" --endpoints "$endpoints" --timeout 10s --json bench --clients "$CLIENTS" \
     --connections "$CONNECTIONS" --value-size "$VALUE_SIZE" --read-ratio "$READ_RATIO" \
@@ -59,27 +57,8 @@ main() {
     for build in before after; do measure "$build" "$round"; done
   done
   bench_drop_data
-  python3 - "$RESULTS" "$ROUNDS" <<'PY'
-import json, os, sys
-results, rounds = sys.argv[1], int(sys.argv[2])
-print("| round | before ops/s | before p50 / p99 ms | after ops/s | after p50 / p99 ms | after/before |")
-print("|---|---|---|---|---|---|")
-totals = {"before": 0.0, "after": 0.0}
-for r in range(1, rounds + 1):
-    row, got = [str(r)], {}
-    for build in ("before", "after"):
-        with open(os.path.join(results, f"{build}-{r}.json"), encoding="utf-8") as f:
-            rep = json.load(f)
-        ops = rep["throughput_ops_per_second"]
-        lat = rep["latency_ms"]["all"]
-        got[build] = ops
-        totals[build] += ops
-        row += [f"{ops:,.0f}", f"{lat['p50']:.2f} / {lat['p99']:.2f}"]
-    row.append(f"{got['after'] / got['before']:.2f}×" if got["before"] else "–")
-    print("| " + " | ".join(row) + " |")
-if totals["before"]:
-    print(f"\nOver all rounds, after/before ops/s = {totals['after'] / totals['before']:.2f}×.")
-PY
+  python3 "$ROOT/scripts/bench-alternate-report.py" "$RESULTS" "$ROUNDS" before after before after \
+    "after/before ops/s"
 }
 
 main "$@"

@@ -132,6 +132,14 @@ raftkv_start() {
   for id in 1 2 3; do raftkv_start_node "$id"; done
 }
 
+# Starts a fresh 3-node raftkv cluster (its data removed first) and waits until it serves a
+# linearizable read; for scripts that measure each configuration on a new cluster.
+raftkv_start_fresh() {
+  rm -rf "$BENCH_DIR/raftkv"
+  raftkv_start
+  wait_serving "$(raftkv_endpoints)" 120 >/dev/null
+}
+
 # Stops raftkv node ID with SIGTERM and waits for it to exit.
 raftkv_stop_node() {
   local pid=${RAFTKV_PIDS[$1]}

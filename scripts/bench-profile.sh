@@ -60,16 +60,18 @@ profile_target() {
   bench "$target" --value-size "$VALUE_SIZE" --key-order sequential --requests "$KEYS" \
     --read-ratio 0 --clients 32 >/dev/null
   if [ "$target" = raftkv ]; then leader=$(raftkv_leader_pid); else leader=$(etcd_leader_pid); fi
+  # The other system's members idle meanwhile; the report counts them with the rest of the machine.
+  local mine=("${RAFTKV_PIDS[@]}") others=("${ETCD_PIDS[@]}")
+  [ "$target" = raftkv ] || { mine=("${ETCD_PIDS[@]}"); others=("${RAFTKV_PIDS[@]}"); }
   : >"$roles"
-  for pid in "${RAFTKV_PIDS[@]}" "${ETCD_PIDS[@]}"; do
+  for pid in "${mine[@]}"; do
     if [ "$pid" = "$leader" ]; then
       echo "$pid $target-leader" >>"$roles"
-    elif printf '%s\n' "${RAFTKV_PIDS[@]}" | grep -qx "$pid"; then
-      echo "$pid raftkv-follower" >>"$roles"
     else
-      echo "$pid etcd-follower" >>"$roles"
+      echo "$pid $target-follower" >>"$roles"
     fi
   done
+  for pid in "${others[@]}"; do echo "$pid idle-cluster" >>"$roles"; done
   log "$target: puts from $CLIENTS clients; perf samples the machine for ${SAMPLE_SECONDS}s"
   bench "$target" --value-size "$VALUE_SIZE" --clients "$CLIENTS" --read-ratio 0 \
     --duration "$((WARMUP_SECONDS + SAMPLE_SECONDS + 2))s" >"$RESULTS/$target.json" &

@@ -25,10 +25,8 @@ measure() {
   else
     unset RAFTKV_TLS_DIR RAFTKV_CACERT RAFTKV_CERT RAFTKV_KEY
   fi
-  rm -rf "$BENCH_DIR/raftkv"
-  raftkv_start
+  raftkv_start_fresh
   endpoints=$(raftkv_endpoints)
-  wait_serving "$endpoints" 120 >/dev/null
   log "$mode, round $round: put, $CLIENTS clients on 8 connections, ${SECONDS_PER}s"
   "$KVCTL" --endpoints "$endpoints" --timeout 10s --json bench --clients "$CLIENTS" \
     --connections 8 --value-size 256 --read-ratio 0 --keys 1000 \
@@ -60,29 +58,8 @@ main() {
     echo "P-256), alternating in one run; \`kvctl bench\`, $CLIENTS closed-loop clients on 8"
     echo "connections, puts of 256 B values, ${SECONDS_PER} s each."
     echo
-    python3 - "$RESULTS" "$ROUNDS" <<'PY'
-import json, os, sys
-results, rounds = sys.argv[1], int(sys.argv[2])
-print("| round | plain put/s | plain p50 / p99 ms | TLS put/s | TLS p50 / p99 ms | TLS/plain put/s |")
-print("|---|---|---|---|---|---|")
-totals = {"plain": 0.0, "tls": 0.0}
-for r in range(1, rounds + 1):
-    row = [str(r)]
-    got = {}
-    for mode in ("plain", "tls"):
-        with open(os.path.join(results, f"{mode}-{r}.json"), encoding="utf-8") as f:
-            rep = json.load(f)
-        ops = rep["throughput_ops_per_second"]
-        lat = rep["latency_ms"]["all"]
-        got[mode] = ops
-        totals[mode] += ops
-        row += [f"{ops:,.0f}", f"{lat['p50']:.1f} / {lat['p99']:.1f}"]
-    row.append(f"{got['tls'] / got['plain']:.2f}×" if got["plain"] else "–")
-    print("| " + " | ".join(row) + " |")
-if totals["plain"]:
-    print()
-    print(f"Over all rounds, TLS put/s / plain put/s = {totals['tls'] / totals['plain']:.2f}×.")
-PY
+    python3 "$ROOT/scripts/bench-alternate-report.py" "$RESULTS" "$ROUNDS" plain tls plain TLS \
+      "TLS/plain put/s"
     echo
     echo "Reproduce: \`make bench-tls\` (BENCH_SECONDS=$SECONDS_PER BENCH_ROUNDS=$ROUNDS)."
   } >"$body"
