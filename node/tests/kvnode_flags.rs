@@ -1,6 +1,6 @@
 //! `kvnode` refuses flags that make no sense with a clear error and exit code 2, before it opens
 //! a port or touches the data directory; TLS files that cannot work stop it at start with a
-//! message naming the file.
+//! message naming the file. And `--worker-threads` sizes the runtime.
 
 mod support;
 
@@ -70,6 +70,63 @@ fn election_ticks_below_two_are_refused() {
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("--election-ticks"), "{err}");
     }
+}
+
+#[test]
+fn zero_worker_threads_are_refused() {
+    let (code, err) = run(&["--worker-threads", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--worker-threads"), "{err}");
+}
+
+/// The runtime gets the number of worker threads asked for: kvnode logs the count its runtime
+/// reports at start. 5 differs from the default (one per CPU) on this project's machines.
+#[test]
+fn worker_threads_size_the_runtime() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(KVNODE)
+        .args([
+            "--id",
+            "1",
+            "--listen-client",
+            "127.0.0.1:0",
+            "--listen-peer",
+            "127.0.0.1:0",
+            "--worker-threads",
+            "5",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kvnode");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("worker_threads=") => break Some(line),
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = found.unwrap_or_else(|| panic!("no worker_threads line in kvnode's log: {seen:?}"));
+    assert!(line.contains("worker_threads=5"), "{line}");
 }
 
 #[test]

@@ -150,6 +150,13 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. info or raftkv_node=debug.
     #[arg(long, default_value = "info")]
     log: String,
+
+    /// Threads that run the node's tasks (gRPC, the Raft loop, peers); fsyncs have a thread of
+    /// their own besides. Default: one per CPU the process may use (its cgroup's quota counts).
+    /// 1 gives the lowest latency to a lone client (no idle thread to wake per request) and
+    /// about 9% less throughput under load (docs/benchmarks.md, "What bounds it now").
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 /// Why a flag's value, or the node's identity derived from the flags, is refused. clap prints it
@@ -256,10 +263,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kvnode: cannot start the runtime: {e}");
@@ -316,6 +324,11 @@ fn identity(args: &Args) -> Result<(u64, BTreeMap<u64, String>, String, String),
 }
 
 async fn run(args: Args) -> ExitCode {
+    info!(
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "kvnode {}",
+        env!("CARGO_PKG_VERSION")
+    );
     let (id, peers, advertise_client, advertise_peer) = match identity(&args) {
         Ok(x) => x,
         Err(e) => {
