@@ -8,38 +8,48 @@ use std::process::Command;
 
 const KVNODE: &str = env!("CARGO_BIN_EXE_kvnode");
 
-/// Runs kvnode with a valid base command line plus `extra`; returns (exit code, stderr).
-fn run(extra: &[&str]) -> (Option<i32>, String) {
+/// A kvnode command with a valid base command line (one node, ports the kernel picks) on a fresh
+/// data directory, which lives as long as the returned guard.
+fn kvnode() -> (Command, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(KVNODE)
-        .args([
-            "--id",
-            "1",
-            "--listen-client",
-            "127.0.0.1:0",
-            "--listen-peer",
-            "127.0.0.1:0",
-            "--advertise-client",
-            "127.0.0.1:1",
-            "--advertise-peer",
-            "127.0.0.1:2",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .args(extra)
-        .output()
-        .expect("run kvnode");
+    let mut cmd = Command::new(KVNODE);
+    cmd.args([
+        "--id",
+        "1",
+        "--listen-client",
+        "127.0.0.1:0",
+        "--listen-peer",
+        "127.0.0.1:0",
+        "--advertise-client",
+        "127.0.0.1:1",
+        "--advertise-peer",
+        "127.0.0.1:2",
+        "--data-dir",
+    ])
+    .arg(dir.path());
+    (cmd, dir)
+}
+
+/// Runs kvnode with the base command line plus `extra`; returns (exit code, stderr).
+fn run(extra: &[&str]) -> (Option<i32>, String) {
+    let (mut cmd, _dir) = kvnode();
+    let out = cmd.args(extra).output().expect("run kvnode");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 
+/// kvnode refuses `extra` with exit code 2 and a message that names `flag`.
+fn assert_refused(extra: &[&str], flag: &str) {
+    let (code, err) = run(extra);
+    assert_eq!(code, Some(2), "{extra:?}: {err}");
+    assert!(err.contains(flag), "{extra:?}: {err}");
+}
+
 #[test]
 fn zero_snapshot_entries_is_refused() {
-    let (code, err) = run(&["--snapshot-entries", "0"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--snapshot-entries"), "{err}");
+    assert_refused(&["--snapshot-entries", "0"], "--snapshot-entries");
 }
 
 /// The trailing log may be 0 (compact to the snapshot), but must be a count.
@@ -66,17 +76,13 @@ fn snapshot_trailing_entries_must_be_a_count() {
 #[test]
 fn election_ticks_below_two_are_refused() {
     for bad in ["0", "1"] {
-        let (code, err) = run(&["--election-ticks", bad]);
-        assert_eq!(code, Some(2), "{err}");
-        assert!(err.contains("--election-ticks"), "{err}");
+        assert_refused(&["--election-ticks", bad], "--election-ticks");
     }
 }
 
 #[test]
 fn zero_worker_threads_are_refused() {
-    let (code, err) = run(&["--worker-threads", "0"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--worker-threads"), "{err}");
+    assert_refused(&["--worker-threads", "0"], "--worker-threads");
 }
 
 /// The runtime gets the number of worker threads asked for: kvnode logs the count its runtime
@@ -87,20 +93,9 @@ fn worker_threads_size_the_runtime() {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(KVNODE)
-        .args([
-            "--id",
-            "1",
-            "--listen-client",
-            "127.0.0.1:0",
-            "--listen-peer",
-            "127.0.0.1:0",
-            "--worker-threads",
-            "5",
-            "--data-dir",
-        ])
-        .arg(dir.path())
+    let (mut cmd, _dir) = kvnode();
+    let mut child = cmd
+        .args(["--worker-threads", "5"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("start kvnode");
@@ -131,9 +126,7 @@ fn worker_threads_size_the_runtime() {
 
 #[test]
 fn a_zero_tick_is_refused() {
-    let (code, err) = run(&["--tick", "0ms"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("at least 1ms"), "{err}");
+    assert_refused(&["--tick", "0ms"], "at least 1ms");
 }
 
 /// Half of a TLS flag pair is a usage error naming the missing flag, before anything starts.
