@@ -29,19 +29,16 @@ AFTER_KVCTL=$KVCTL
 # One measurement against a fresh cluster of build $1 (before or after) in round $2; leaves
 # RESULTS/$1-$2.json.
 measure() {
-  local build=$1 round=$2 endpoints
+  local build=$1 round=$2
   if [ "$build" = before ]; then
     KVNODE="$BEFORE/kvnode" KVCTL="$BEFORE/kvctl"
   else
     KVNODE=$AFTER_KVNODE KVCTL=$AFTER_KVCTL
   fi
   raftkv_start_fresh
-  endpoints=$(raftkv_endpoints)
   log "$build, round $round: $CLIENTS clients, read ratio $READ_RATIO, ${SECONDS_PER}s"
-  "$KVCTL" --endpoints "$endpoints" --timeout 10s --json bench --clients "$CLIENTS" \
-    --connections "$CONNECTIONS" --value-size "$VALUE_SIZE" --read-ratio "$READ_RATIO" \
-    --consistency "$CONSISTENCY" --keys "$KEYS" --duration "${SECONDS_PER}s" \
-    >"$RESULTS/$build-$round.json"
+  bench raftkv --clients "$CLIENTS" --value-size "$VALUE_SIZE" --read-ratio "$READ_RATIO" \
+    --consistency "$CONSISTENCY" --duration "${SECONDS_PER}s" >"$RESULTS/$build-$round.json"
   bench_cleanup
 }
 

@@ -225,6 +225,13 @@ bench() {
     --keys "$KEYS" --connections "$CONNECTIONS" "$@"
 }
 
+# Writes KEYS keys of SIZE ($2) bytes in key order into TARGET ($1) with CLIENTS ($3, default 32)
+# clients, so that every later read finds its key. Prints the JSON report on stdout.
+bench_load() {
+  bench "$1" --value-size "$2" --key-order sequential --requests "$KEYS" --read-ratio 0 \
+    --clients "${3:-32}"
+}
+
 # Waits until TARGET answers a linearizable read (up to 120 s).
 wait_target() {
   local target=$1

@@ -47,8 +47,7 @@ main() {
   for size in $VALUE_SIZES; do
     for target in raftkv etcd; do
       log "loading $KEYS keys of $size B into $target"
-      bench "$target" --value-size "$size" --key-order sequential --requests "$KEYS" \
-        --read-ratio 0 --clients 32 >"$RESULTS/load-$target-$size.json"
+      bench_load "$target" "$size" >"$RESULTS/load-$target-$size.json"
     done
     for workload in $WORKLOADS; do
       case $workload in

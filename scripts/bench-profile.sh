@@ -57,8 +57,7 @@ PY
 profile_target() {
   local target=$1 leader pid roles="$RESULTS/$1.roles" bench_pid
   log "loading $KEYS keys into $target"
-  bench "$target" --value-size "$VALUE_SIZE" --key-order sequential --requests "$KEYS" \
-    --read-ratio 0 --clients 32 >/dev/null
+  bench_load "$target" "$VALUE_SIZE" >/dev/null
   if [ "$target" = raftkv ]; then leader=$(raftkv_leader_pid); else leader=$(etcd_leader_pid); fi
   # The other system's members idle meanwhile; the report counts them with the rest of the machine.
   local mine=("${RAFTKV_PIDS[@]}") others=("${ETCD_PIDS[@]}")

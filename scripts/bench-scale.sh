@@ -19,7 +19,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/bench-common.sh"
 KEYS="${BENCH_SCALE_KEYS:-1000000}"
 VALUE="${BENCH_SCALE_VALUE:-256}"
 CLIENTS="${BENCH_SCALE_CLIENTS:-256}"
-CONNECTIONS="${BENCH_CONNECTIONS:-8}"
 # `kvctl bench`'s keys: the default prefix and an 8-digit index.
 KEY_BYTES=$((${#KEYS} > 8 ? 6 + ${#KEYS} : 14))
 
@@ -48,9 +47,7 @@ main() {
   local id
   for id in 1 2 3; do rss_empty[$id]=$(rss_mib "$id"); done
   local load="$BENCH_DIR/load.json"
-  "$KVCTL" --endpoints "$endpoints" --timeout 10s --json bench --target raftkv \
-    --key-order sequential --keys "$KEYS" --requests "$KEYS" --read-ratio 0 \
-    --value-size "$VALUE" --clients "$CLIENTS" --connections "$CONNECTIONS" >"$load" \
+  bench_load raftkv "$VALUE" "$CLIENTS" >"$load" \
     || die "the load failed: $(cat "$load")"
   local last_key
   last_key=$(printf 'bench/%08d' $((KEYS - 1)))

@@ -18,7 +18,7 @@ RESULTS="$BENCH_DIR/results"
 # One measurement against a fresh cluster; $1 is plain or tls, $2 the round. Prints nothing;
 # leaves RESULTS/$1-$2.json.
 measure() {
-  local mode=$1 round=$2 endpoints
+  local mode=$1 round=$2
   if [ "$mode" = tls ]; then
     export RAFTKV_TLS_DIR="$BENCH_DIR/certs" RAFTKV_CACERT="$BENCH_DIR/certs/ca.crt" \
       RAFTKV_CERT="$BENCH_DIR/certs/client.crt" RAFTKV_KEY="$BENCH_DIR/certs/client.key"
@@ -26,10 +26,8 @@ measure() {
     unset RAFTKV_TLS_DIR RAFTKV_CACERT RAFTKV_CERT RAFTKV_KEY
   fi
   raftkv_start_fresh
-  endpoints=$(raftkv_endpoints)
-  log "$mode, round $round: put, $CLIENTS clients on 8 connections, ${SECONDS_PER}s"
-  "$KVCTL" --endpoints "$endpoints" --timeout 10s --json bench --clients "$CLIENTS" \
-    --connections 8 --value-size 256 --read-ratio 0 --keys 1000 \
+  log "$mode, round $round: put, $CLIENTS clients on $CONNECTIONS connections, ${SECONDS_PER}s"
+  bench raftkv --clients "$CLIENTS" --value-size 256 --read-ratio 0 \
     --duration "${SECONDS_PER}s" >"$RESULTS/$mode-$round.json"
   bench_cleanup
 }
@@ -55,8 +53,8 @@ main() {
     echo
     echo "Method: a fresh 3-node raftkv ($BENCH_PROFILE \`kvnode\`) on 127.0.0.1 per measurement, without"
     echo "TLS and with TLS on the peer and client ports (certificates from \`kvctl certs\`, ECDSA"
-    echo "P-256), alternating in one run; \`kvctl bench\`, $CLIENTS closed-loop clients on 8"
-    echo "connections, puts of 256 B values, ${SECONDS_PER} s each."
+    echo "P-256), alternating in one run; \`kvctl bench\`, $CLIENTS closed-loop clients on"
+    echo "$CONNECTIONS connections, puts of 256 B values, ${SECONDS_PER} s each."
     echo
     python3 "$ROOT/scripts/bench-alternate-report.py" "$RESULTS" "$ROUNDS" plain tls plain TLS \
       "TLS/plain put/s"
